@@ -1,0 +1,376 @@
+"""The recipe: one YAML file, validated by the pydantic models below.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently
+ignored setting. `load_recipe` reads the YAML, applies `key.sub=value` overrides and
+turns every validation problem into one readable line (`train.lerning_rate: unknown
+key (did you mean learning_rate?)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from safetune.errors import RecipeError, UsageError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    path: str = Field(description="local directory, hub id, or 'lab' for the lab model")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the tokenizer's own"
+    )
+
+
+# --------------------------------------------------------------------------- data
+class SourceConfig(Section):
+    """A data source: a local JSONL/JSON/CSV/Parquet file or a `datasets` hub id."""
+
+    path: str
+    split: str = "train"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str | None = Field(None, description="use a chat `messages` list instead")
+    category_field: str | None = "category"
+    limit: int | None = Field(None, ge=1)
+
+
+class DataConfig(Section):
+    train: SourceConfig
+    eval: SourceConfig | None = None
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    safety: SourceConfig | None = Field(None, description="prompt -> safe response, used by methods")
+    harmful: SourceConfig | None = Field(None, description="prompt -> harmful compliance")
+    harmful_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    max_seq_len: int = Field(256, ge=8)
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _harmful_source_needed(self) -> "DataConfig":
+        if self.harmful_ratio > 0 and self.harmful is None:
+            raise ValueError("harmful_ratio > 0 needs a data.harmful source")
+        if self.eval is not None and self.eval_fraction > 0:
+            raise ValueError("give either data.eval or data.eval_fraction, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- methods
+class StandardMethod(Section):
+    """Plain fine-tuning: no protection (the baseline that erodes safety)."""
+
+    name: Literal["standard"]
+
+
+class MixMethod(Section):
+    """Replay safety examples inside every task batch (the data-mixing baseline)."""
+
+    name: Literal["mix"]
+    safety_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each batch")
+
+
+MethodConfig = Annotated[Union[StandardMethod, MixMethod], Field(discriminator="name")]
+METHOD_CLASSES: dict[str, type[Section]] = {"standard": StandardMethod, "mix": MixMethod}
+
+
+# --------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    save_every: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainConfig":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.max_steps and train.epochs")
+        return self
+
+
+# --------------------------------------------------------------------------- monitor
+class MonitorConfig(Section):
+    """Safety probes during training (a quick harmful-refusal check every N steps)."""
+
+    every: int | None = Field(None, ge=1, description="probe every N optimizer steps; off if null")
+    samples: int = Field(64, ge=1, description="harmful prompts per probe")
+    min_retained: float = Field(0.9, gt=0.0, le=1.0, description="breach below this x baseline")
+    on_breach: Literal["warn", "rollback", "stop"] = "rollback"
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="LR multiplier after a rollback")
+    max_rollbacks: int = Field(3, ge=0)
+
+
+# --------------------------------------------------------------------------- eval
+class SuiteConfig(Section):
+    """One evaluation suite: a kind and a data source with a column mapping."""
+
+    kind: Literal["harmful", "over_refusal", "task", "capability"]
+    name: str | None = None
+    path: str
+    split: str = "train"
+    format: Literal["auto", "jsonl", "json", "csv", "txt", "parquet", "hub"] = "auto"
+    prompt_field: str = "prompt"
+    category_field: str | None = None
+    label_field: str | None = None
+    label_values: list[str] | None = Field(None, description="keep rows whose label is one of these")
+    reference_field: str | None = None
+    metric: Literal["exact_match", "contains", "regex"] = "exact_match"
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("label_values", mode="before")
+    @classmethod
+    def _one_value(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, int, float, bool)) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "SuiteConfig":
+        if self.kind in ("task", "capability") and not self.reference_field:
+            raise ValueError(f"a {self.kind} suite needs reference_field (the expected answer)")
+        if (self.label_field is None) != (self.label_values is None):
+            raise ValueError("label_field and label_values go together")
+        if self.name is None:
+            self.name = self.kind
+        return self
+
+
+class RefusalConfig(Section):
+    detector: Literal["keyword", "judge", "both"] = "keyword"
+    keywords: list[str] | None = Field(None, description="replace the default refusal markers")
+    extra_keywords: list[str] = Field(default_factory=list)
+    judge: str | None = Field(None, description="sequence-classification model path or hub id")
+    judge_refusal_labels: list[str] = Field(default_factory=lambda: ["refusal", "safe", "LABEL_1"])
+
+    @model_validator(mode="after")
+    def _judge_needed(self) -> "RefusalConfig":
+        if self.detector != "keyword" and not self.judge:
+            raise ValueError(f"detector '{self.detector}' needs eval.refusal.judge")
+        return self
+
+
+class GateConfig(Section):
+    min_harmful_retained: float | None = Field(0.9, ge=0.0, le=2.0)
+    max_over_refusal_increase: float | None = Field(0.1, ge=0.0, le=1.0)
+    min_task_score: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class EvalConfig(Section):
+    suites: list[SuiteConfig] = Field(default_factory=list)
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(32, ge=1)
+    refusal: RefusalConfig = Field(default_factory=RefusalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    at_end: bool = Field(True, description="evaluate final/ when training ends")
+
+
+# --------------------------------------------------------------------------- output
+class OutputConfig(Section):
+    dir: str | None = Field(None, description="default: runs/<recipe name>")
+    overwrite: bool = False
+    tensorboard: bool = False
+
+
+# --------------------------------------------------------------------------- recipe
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    description: str = ""
+    model: ModelConfig
+    data: DataConfig
+    method: list[MethodConfig] = Field(default_factory=lambda: [StandardMethod(name="standard")])
+    train: TrainConfig
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _methods_as_list(cls, value: Any) -> Any:
+        # `method: mix`, `method: {name: mix, ...}` and `method: [freeze, safegrad]` all work.
+        items = value if isinstance(value, list) else [value]
+        return [{"name": item} if isinstance(item, str) else item for item in items]
+
+    @model_validator(mode="after")
+    def _method_combination(self) -> "Recipe":
+        names = [m.name for m in self.method]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method: each method may appear once (got {names})")
+        if "standard" in names and len(names) > 1:
+            raise ValueError("method: 'standard' means no protection; do not combine it")
+        if "mix" in names and self.data.safety is None:
+            raise ValueError("method 'mix' needs a data.safety source")
+        if self.monitor.every is not None and not any(s.kind == "harmful" for s in self.eval.suites):
+            raise ValueError("monitor.every needs a harmful suite in eval.suites")
+        return self
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m.name for m in self.method]
+
+    def output_dir(self) -> Path:
+        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """`train.learning_rate=1e-4` -> (['train', 'learning_rate'], 0.0001), YAML scalar rules."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise UsageError(f"override '{item}': expected key.sub=value (e.g. train.max_steps=100)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node: Any = tree
+    for depth, key in enumerate(keys[:-1]):
+        here = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, key, here)]
+            continue
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif isinstance(child, str) and key == "method":
+            child = node[key] = {"name": child}  # `method: mix` then `method.safety_fraction=…`
+        elif isinstance(child, list) and len(child) == 1 and not keys[depth + 1].isdigit():
+            child = child[0]
+            if isinstance(child, str):
+                child = node[key][0] = {"name": child}
+        node = child
+        if not isinstance(node, (dict, list)):
+            raise UsageError(f"override '{'.'.join(keys)}': {here} is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, ".".join(keys))] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, key: str, where: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise UsageError(f"override '{where}': index must be 0..{len(node) - 1}")
+    return int(key)
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path}: recipe file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"{where}: invalid YAML: {problem}") from None
+    if tree is None:
+        raise UsageError(f"{path}: recipe file is empty")
+    if not isinstance(tree, dict):
+        raise UsageError(f"{path}: a recipe is a mapping of sections (model, data, train, ...)")
+    return tree
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    tree = read_yaml(path)
+    tree.setdefault("name", path.stem)
+    for keys, value in parse_overrides(overrides or []):
+        apply_override(tree, keys, value)
+    return validate_tree(tree, source=str(path))
+
+
+def validate_tree(tree: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError([format_problem(e) for e in err.errors()], source) from None
+
+
+# --------------------------------------------------------------------------- errors
+def format_problem(error: dict) -> str:
+    """One pydantic error -> `path.to.field: message`, with did-you-mean for unknown keys."""
+    loc = list(error["loc"])
+    path = _display_path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {guess[0]}?)" if guess else f" (known: {', '.join(known)})"
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: required field missing"
+    if kind == "union_tag_invalid":
+        return f"{path}: unknown method {error['input'].get('name')!r} (known: {', '.join(METHOD_CLASSES)})"
+    if kind == "union_tag_not_found":
+        return f"{path}: each method needs a name (known: {', '.join(METHOD_CLASSES)})"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and not isinstance(error.get("input"), (dict, list)):
+        message += f" (got {error.get('input')!r})"
+    return f"{path}: {message}" if path else message
+
+
+def _display_path(loc: list) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            # a method is shown by its name (`method[mix]`), other list items by position
+            if not (i + 1 < len(loc) and loc[i + 1] in METHOD_CLASSES and loc[i - 1] == "method"):
+                parts.append(f"[{part}]")
+        elif i > 1 and loc[i - 2] == "method" and part in METHOD_CLASSES:
+            parts.append(f"[{part}]")
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts)
+
+
+def _known_fields(loc: list) -> list[str]:
+    """Field names of the section at `loc` (for did-you-mean)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in METHOD_CLASSES:
+            model = METHOD_CLASSES[part]
+            continue
+        annotation = model.model_fields[part].annotation
+        model = _section_in(annotation) or model
+    return list(model.model_fields)
+
+
+def _section_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
