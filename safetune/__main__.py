@@ -1,0 +1,3 @@
+from safetune.cli import main
+
+main()

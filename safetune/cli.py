@@ -1,0 +1,151 @@
+"""The `safetune` command: parse arguments, call one package function per verb.
+
+Every user-facing problem is a SafetuneError, printed here as one line with its exit
+code (1 error, 2 usage/recipe, 3 safety gate failed). Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from safetune.errors import RecipeError, SafetuneError
+
+app = typer.Typer(
+    help="Fine-tune a language model on your task without eroding its safety alignment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+RecipeArg = typer.Argument(..., help="recipe YAML file", show_default=False)
+OverridesArg = typer.Argument(None, help="overrides such as train.learning_rate=1e-4", show_default=False)
+
+
+def handle_errors(command):
+    """Turn SafetuneError into one line on stderr and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except RecipeError as err:
+            for problem in err.problems:
+                print(f"error: {err.source}: {problem}", file=sys.stderr)
+            raise typer.Exit(err.exit_code) from None
+        except SafetuneError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- recipes
+@app.command()
+@handle_errors
+def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+    """Check a recipe and print it resolved (defaults filled in), or every error at once."""
+    from safetune.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides or [])
+    console.print(resolved.to_yaml(), markup=False, highlight=False)
+    console.print(f"[green]ok[/]: {recipe} is valid (output: {resolved.output_dir()})")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    return {str(p.relative_to(RECIPES_DIR).with_suffix("")): p for p in sorted(RECIPES_DIR.rglob("*.yaml"))}
+
+
+@app.command("recipes")
+@handle_errors
+def list_recipes():
+    """List the bundled recipes (copy one with `safetune init NAME`)."""
+    from rich.table import Table
+
+    from safetune.recipe import read_yaml
+
+    table = Table("name", "description")
+    for name, path in bundled_recipes().items():
+        table.add_row(name, str(read_yaml(path).get("description", "")))
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def init(name: str = typer.Argument(..., help="bundled recipe name (see `safetune recipes`)"),
+         dest: Optional[Path] = typer.Argument(None, help="where to write it (default ./<name>.yaml)")):
+    """Copy a bundled recipe into the current directory for you to edit."""
+    from safetune.errors import UsageError
+
+    recipes = bundled_recipes()
+    matches = [key for key in recipes if key == name or key.endswith("/" + name)]
+    if len(matches) != 1:
+        import difflib
+
+        guess = difflib.get_close_matches(name, list(recipes), n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else " (see `safetune recipes`)"
+        raise UsageError(f"init: no bundled recipe named '{name}'{hint}")
+    source = recipes[matches[0]]
+    target = dest or Path(source.name)
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise UsageError(f"init: {target} already exists; choose another destination")
+    shutil.copyfile(source, target)
+    console.print(f"wrote {target}; edit it, then: safetune train {target}")
+
+
+@app.command()
+@handle_errors
+def env():
+    """Print versions, device and threads (paste this into bug reports)."""
+    from safetune.envinfo import collect_env
+
+    info = collect_env()
+    for key, value in info.items():
+        if isinstance(value, dict):
+            for name, version in value.items():
+                console.print(f"{name}: {version or 'not installed'}", highlight=False)
+        else:
+            console.print(f"{key}: {value}", highlight=False)
+
+
+# --------------------------------------------------------------------------- training
+@app.command()
+@handle_errors
+def train(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    dry_run: bool = typer.Option(False, "--dry-run", help="build everything, show one example, run one step, save nothing"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's latest complete checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Fine-tune the recipe's model with its safety methods, then write the safety report."""
+    from safetune.recipe import load_recipe
+    from safetune.training import train as run_training
+
+    resolved = load_recipe(recipe, overrides or [])
+    result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet)
+    if result.report is not None and not result.report.get("gate", {}).get("passed", True):
+        console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
+
+
+def main() -> None:
+    # Hugging Face's own per-file progress bars would drown ours.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The protocol every safety method implements, and the context it receives.
+
+A method never opens files or parses YAML. The training loop calls its hooks in this
+order each optimizer step:
+
+    prepare_batch  -> (loss | default cross-entropy) + extra_loss  -> backward
+    ... repeated for each micro-batch of gradient accumulation ...
+    after_backward (edit the accumulated, synchronised .grad)  -> clip -> optimizer.step
+
+`setup` runs once before training, after the model is built and before the optimizer
+exists, so `frozen_parameter_names` can take parameters out of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from safetune.data import Example, collate
+
+
+@dataclass
+class MethodContext:
+    model: nn.Module
+    tokenizer: Any
+    recipe: Any
+    device: torch.device
+    run_dir: Path
+    safety: list[Example]
+    seed: int
+    step: int = 0  # the optimizer step being computed (0-based)
+    reference_model: Callable[[], nn.Module] | None = None  # frozen aligned copy, built on first call
+    log: Callable[[str], None] = print
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def batch_to_device(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        batch = collate(examples, self.tokenizer.pad_token_id)
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+class SafetyMethod:
+    """Default hooks do nothing, so a method overrides only what it changes."""
+
+    name = "base"
+
+    def __init__(self, config):
+        self.config = config
+
+    def setup(self, ctx: MethodContext) -> None:
+        """Once, before training (e.g. compute a Fisher matrix, detect safety layers)."""
+
+    def frozen_parameter_names(self, ctx: MethodContext) -> set[str]:
+        return set()
+
+    def prepare_batch(self, ctx: MethodContext, examples: list[Example], micro_step: int) -> list[Example]:
+        return examples
+
+    def loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Own the task loss (e.g. per-token weighting). None = the loop's cross-entropy."""
+        return None
+
+    def extra_loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """A term added to the task loss (e.g. a regulariser)."""
+        return None
+
+    def after_backward(self, ctx: MethodContext) -> dict[str, float]:
+        """Edit the accumulated gradients in place before clipping; return values to log."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Figures for the safety report (e.g. SafeGrad's conflict rate)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
