@@ -1,0 +1,134 @@
+"""Batched greedy generation: the evaluator's hot path.
+
+Prompts are rendered with the chat template (`modeling.format_prompt`), sorted by length
+so each batch holds prompts of similar length (less padding), left-padded (so every
+sequence ends at the same position and the next token is read from the last column),
+and decoded greedily with the KV cache by `model.generate`. Greedy decoding is
+deterministic, and the batched result equals the one-prompt-at-a-time result token for
+token (tests/test_eval_generation.py checks it).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from safetune.modeling import format_prompt
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS of the tokenizer plus any end-of-turn ids the model's generation config lists."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return sorted({tokenizer.eos_token_id, *(i for i in configured if i is not None)})
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate without dropout, then put the model back as it was (the trainer probes mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def progress_bar(enabled: bool) -> Progress | nullcontext:
+    if not enabled:
+        return nullcontext()
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+@torch.no_grad()
+def generate_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+    description: str = "generate",
+) -> list[list[int]]:
+    """The new tokens of each prompt's greedy continuation, cut before the first stop token."""
+    rendered = [format_prompt(tokenizer, prompt) for prompt in prompts]
+    # The chat template already placed any BOS it wants; don't let the tokenizer add another.
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    stops = stop_token_ids(model, tokenizer)
+    results: list[list[int]] = [[] for _ in prompts]
+
+    with eval_mode(model), progress_bar(progress) as bar:
+        task = bar.add_task(description, total=len(prompts), speed="") if progress else None
+        done = 0
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = tokenizer.pad(
+                {"input_ids": [encoded[i] for i in indices]}, padding_side="left", return_tensors="pt"
+            ).to(model.device)
+            output = model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+            for index, tokens in zip(indices, new_tokens):
+                results[index] = _cut_at_stop(tokens, stops)
+            done += len(indices)
+            if bar is not None:
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=done, speed=f"{done / elapsed:.1f} prompts/s")
+    return results
+
+
+def _cut_at_stop(tokens: list[int], stops: list[int]) -> list[int]:
+    # A finished sequence is padded until the whole batch finishes; drop the stop and after.
+    for position, token in enumerate(tokens):
+        if token in stops:
+            return tokens[:position]
+    return tokens
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+    description: str = "generate",
+) -> list[str]:
+    """Greedy responses to raw user prompts, decoded without special tokens."""
+    token_ids = generate_token_ids(
+        model, tokenizer, prompts,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, description=description,
+    )
+    return [text.strip() for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+
+
+def generate_one_by_one(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    progress: bool = False,
+) -> list[str]:
+    """The naive loop (one `generate` call per prompt): the reference for tests and bench."""
+    return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1, progress=progress)

@@ -1,0 +1,245 @@
+"""Evaluate a model with the recipe's suites; the functions the CLI and the trainer call.
+
+    evaluate_model  a loaded model -> outputs.jsonl + safety_report.json/.md in a folder
+    run_baseline    the recipe's base model -> <run>/baseline/
+    run_eval        any checkpoint folder -> its report; GateFailed (exit 3) when the gate fails
+    refusal_rate    the trainer's quick safety probe
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from safetune import __version__
+from safetune.errors import GateFailed, SafetuneError, UsageError
+from safetune.evaluation.generation import generate
+from safetune.evaluation.refusal import RefusalDetector, build_detectors
+from safetune.evaluation.report import (
+    OUTPUTS_JSONL,
+    REPORT_JSON,
+    REPORT_MD,
+    SuiteResult,
+    build_report,
+    read_report,
+    write_atomic,
+    write_report,
+)
+from safetune.evaluation.rundir import (
+    BASELINE_DIR,
+    RESOLVED_RECIPE,
+    checkpoint_step,
+    find_run_dir,
+    read_metrics_log,
+    wall_time_at,
+)
+from safetune.evaluation.scoring import reference_loss, score_responses
+from safetune.evaluation.suites import REFUSAL_KINDS, Suite, load_suite, suite_label
+from safetune.modeling import load_model, load_tokenizer, pick_device
+from safetune.recipe import Recipe, load_recipe
+
+
+# --------------------------------------------------------------------------- one model
+def run_suite(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    suite: Suite,
+    detectors: list[RefusalDetector],
+    recipe: Recipe,
+    progress: bool = False,
+) -> SuiteResult:
+    """Generate a response to every prompt of the suite, then judge or score it."""
+    config = recipe.eval
+    started = time.perf_counter()
+    responses = generate(
+        model, tokenizer, suite.prompts,
+        max_new_tokens=suite.config.max_new_tokens or config.max_new_tokens,
+        batch_size=config.batch_size, progress=progress, description=suite.name,
+    )
+    result = SuiteResult(
+        name=suite.name, kind=suite.kind, source=suite.config.path, prompts=suite.prompts, responses=responses,
+        categories=[row.category for row in suite.rows], references=[row.reference for row in suite.rows],
+        seconds={"generation": time.perf_counter() - started},
+    )
+    started = time.perf_counter()
+    if suite.kind in REFUSAL_KINDS:
+        for detector in detectors:
+            result.refusals[detector.name] = detector.detect(suite.prompts, responses)
+        result.seconds["judging"] = time.perf_counter() - started
+    else:
+        result.metric = suite.config.metric
+        result.correct = score_responses(responses, result.references, suite.config.metric, where=suite_label(suite.config))
+        result.loss = reference_loss(
+            model, tokenizer, suite.prompts, result.references,
+            batch_size=config.batch_size, max_seq_len=recipe.data.max_seq_len,
+        )
+        result.seconds["scoring"] = time.perf_counter() - started
+    return result
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    checkpoint: str,
+    baseline: dict | None,
+    run_info: dict | None = None,
+    progress: bool = False,
+    detectors: list[RefusalDetector] | None = None,
+) -> dict:
+    """Run every suite of `recipe.eval`; write outputs.jsonl and the report into `out_dir`.
+
+    `baseline` is the base model's report (or its metrics block), or None. The gate
+    result is in report["gate"]["passed"]; this function never raises on a failed gate.
+    Pass an unwrapped model (not DDP); call it on one process only.
+    """
+    if not recipe.eval.suites:
+        raise SafetuneError("eval.suites: the recipe has no evaluation suites (see docs/evaluation.md)")
+    started = time.perf_counter()
+    suites = [load_suite(config) for config in recipe.eval.suites]  # a bad file fails before any generation
+    if detectors is None:
+        detectors = build_detectors(recipe.eval.refusal, device=model.device, batch_size=recipe.eval.batch_size)
+    results = [run_suite(model, tokenizer, suite, detectors, recipe, progress) for suite in suites]
+
+    run_info = dict(run_info or {})
+    generation_s = sum(r.seconds["generation"] for r in results)
+    prompts = sum(len(r.prompts) for r in results)
+    header = {
+        "safetune_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": run_info.get("recipe", recipe.name),
+        "model": recipe.model.path,
+        "checkpoint": checkpoint,
+        "method": run_info.get("method", recipe.method_names),
+        "steps": run_info.get("steps"),
+        "wall_time_s": run_info.get("wall_time_s"),
+        "run_info": run_info,
+        "generation": {"decoding": "greedy", "max_new_tokens": recipe.eval.max_new_tokens,
+                       "batch_size": recipe.eval.batch_size},
+        "timings": {"total_s": time.perf_counter() - started, "generation_s": generation_s,
+                    "prompts_per_s": prompts / generation_s if generation_s else None},
+        "outputs": OUTPUTS_JSONL,
+    }
+    report = build_report(
+        results, detectors=[d.describe() for d in detectors], baseline=baseline, gate=recipe.eval.gate, header=header
+    )
+    out_dir = Path(out_dir)
+    lines = (json.dumps(record, ensure_ascii=False) + "\n" for result in results for record in result.records())
+    write_atomic(out_dir / OUTPUTS_JSONL, "".join(lines))
+    write_report(report, out_dir)
+    return report
+
+
+def refusal_rate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    detector: RefusalDetector,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> float:
+    """Share of `prompts` the model refuses: the trainer's quick probe (model mode is restored)."""
+    responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    refused = detector.detect(prompts, responses)
+    return sum(refused) / len(refused)
+
+
+def probe_prompts(recipe: Recipe, samples: int) -> list[str]:
+    """`samples` prompts of the recipe's harmful suites, evenly spread (so every category shows up)."""
+    pool = [prompt for config in recipe.eval.suites if config.kind == "harmful" for prompt in load_suite(config).prompts]
+    if not pool:
+        raise SafetuneError("monitor: the safety probe needs a harmful suite in eval.suites")
+    if samples >= len(pool):
+        return pool
+    return [pool[i * len(pool) // samples] for i in range(samples)]
+
+
+# --------------------------------------------------------------------------- baseline
+def baseline_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / BASELINE_DIR
+
+
+def load_baseline(run_dir: Path) -> dict | None:
+    """The baseline report stored in the run directory, or None when there is none yet."""
+    folder = baseline_dir(run_dir)
+    return read_report(folder) if (folder / REPORT_JSON).is_file() else None
+
+
+def run_baseline(
+    recipe: Recipe,
+    progress: bool = True,
+    *,
+    out_dir: Path | None = None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> dict:
+    """Evaluate the recipe's base model into <output dir>/baseline/ and return the report.
+
+    The trainer may pass the model it just loaded (before any step) to avoid a second load.
+    """
+    if model is None:
+        model = load_model(recipe.model, device=pick_device(recipe.train.device))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(recipe.model)
+    return evaluate_model(
+        model, tokenizer, recipe, out_dir or baseline_dir(recipe.output_dir()),
+        checkpoint=f"{recipe.model.path} (base model)", baseline=None,
+        run_info={"recipe": recipe.name, "method": [], "steps": 0}, progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------- any checkpoint
+def run_eval(
+    checkpoint: Path,
+    *,
+    recipe_path: Path | None = None,
+    overrides: list[str] | None = None,
+    baseline_path: Path | None = None,
+    out_dir: Path | None = None,
+    gate: dict[str, float | None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a checkpoint folder (final/, checkpoints/step-N/, any HF model folder).
+
+    The recipe defaults to recipe.resolved.yaml of the run the checkpoint sits in. `gate`
+    overrides eval.gate thresholds (keys of GateConfig; None turns a check off). The
+    baseline is --baseline, else <run>/baseline/, else computed now and stored there.
+    Raises GateFailed (exit 3) when the gate fails, after writing the report.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise UsageError(f"{checkpoint}: checkpoint folder not found")
+    found_run = find_run_dir(checkpoint)
+    if recipe_path is None:
+        if found_run is None:
+            raise UsageError(f"{checkpoint}: no {RESOLVED_RECIPE} in it or above it; pass --recipe")
+        recipe_path = found_run / RESOLVED_RECIPE
+    gate_overrides = [f"eval.gate.{key}={json.dumps(value)}" for key, value in (gate or {}).items()]
+    recipe = load_recipe(recipe_path, [*(overrides or []), *gate_overrides])
+    run_dir = found_run or recipe.output_dir()  # where the baseline lives
+
+    if baseline_path is not None:
+        baseline = read_report(baseline_path)
+    else:
+        baseline = load_baseline(run_dir) or run_baseline(recipe, progress, out_dir=baseline_dir(run_dir))
+
+    model = load_model(recipe.model, path=str(checkpoint), device=pick_device(recipe.train.device))
+    has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(recipe.model, path=str(checkpoint) if has_tokenizer else None)
+    history = read_metrics_log(found_run) if found_run else []
+    steps = checkpoint_step(checkpoint, history)
+    run_info = {"recipe": recipe.name, "method": recipe.method_names, "steps": steps,
+                "wall_time_s": wall_time_at(steps, history), "run_dir": str(run_dir)}
+    out_dir = Path(out_dir) if out_dir else checkpoint
+    report = evaluate_model(model, tokenizer, recipe, out_dir, checkpoint=str(checkpoint),
+                            baseline=baseline, run_info=run_info, progress=progress)
+    if not report["gate"]["passed"]:
+        raise GateFailed(f"gate failed: {report['gate']['summary']} (see {out_dir / REPORT_MD})")
+    return report
