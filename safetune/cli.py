@@ -56,8 +56,8 @@ def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
     from safetune.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])
-    console.print(resolved.to_yaml(), markup=False, highlight=False)
-    console.print(f"[green]ok[/]: {recipe} is valid (output: {resolved.output_dir()})")
+    print(resolved.to_yaml(), end="")
+    print(f"ok: {recipe} is valid (output: {resolved.output_dir()})")
 
 
 def bundled_recipes() -> dict[str, Path]:

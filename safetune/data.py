@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from safetune.errors import SafetuneError
+from safetune.errors import SafetuneError, UsageError
 from safetune.recipe import DataConfig, SourceConfig
 
 IGNORE_INDEX = -100
@@ -53,7 +53,7 @@ def read_records(path: str, *, split: str = "train", what: str = "data", fmt: st
     """Rows of a local JSONL/JSON/CSV/Parquet/TXT file, or of a `datasets` hub id."""
     local = resolve_local_path(path)
     if local is None and (fmt not in ("auto", "hub") or looks_like_file(path)):
-        raise SafetuneError(f"{what}.path: file not found: {path}")
+        raise UsageError(f"{what}.path: file not found: {path}")
     if local is None:
         return _read_hub(path, split, what)
     fmt = LOCAL_FORMATS.get(local.suffix.lower(), "jsonl") if fmt == "auto" else fmt

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from safetune.errors import SafetuneError
+from safetune.errors import SafetuneError, UsageError
 from safetune.recipe import ModelConfig
 
 # Used when a tokenizer has no chat template of its own (and the recipe gives none).
@@ -40,7 +40,7 @@ def resolve_model_path(path: str) -> str:
     if path == "lab":
         where = lab_model_dir()
         if not (where / "config.json").is_file():
-            raise SafetuneError(
+            raise UsageError(
                 f"model.path: the lab model is not built yet ({where}); run `safetune lab build`"
             )
         return str(where)
@@ -54,7 +54,7 @@ def load_tokenizer(config: ModelConfig, path: str | None = None) -> PreTrainedTo
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise SafetuneError(_not_available(source, err)) from None
+        raise UsageError(_not_available(source, err)) from None
     if config.chat_template:
         tokenizer.chat_template = config.chat_template
     elif not tokenizer.chat_template:
@@ -79,7 +79,7 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
             use_safetensors=True if Path(source).is_dir() else None,
         )
     except (OSError, ValueError) as err:
-        raise SafetuneError(_not_available(source, err)) from None
+        raise UsageError(_not_available(source, err)) from None
     return model.to(device)
 
 

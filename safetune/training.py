@@ -279,7 +279,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
                             writer.add_scalar(key, value, step)
                     window_start, window_tokens = now, 0
                 bar.update(step, {"loss": loss_value, "lr": lr})
-                if recipe.train.save_every and step % recipe.train.save_every == 0 and step < total_steps:
+                if recipe.train.save_every and step % recipe.train.save_every == 0:
                     save(run_dir / "checkpoints" / f"step-{step}", with_state=True)
                 if stop["signal"]:
                     raise StopRequested

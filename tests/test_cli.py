@@ -1,0 +1,82 @@
+"""The CLI end to end: one-line errors with exit 2, a real train that leaves a loadable checkpoint."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from safetune.cli import app
+
+runner = CliRunner()
+
+
+def recipe_file(tmp_path, tiny_model_dir, tiny_data, **sections):
+    tree = {
+        "description": "cli test",
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": {"path": str(tiny_data["task"])}, "safety": {"path": str(tiny_data["safety"])},
+                 "max_seq_len": 64},
+        "method": "mix",
+        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every": 2},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    for key, value in sections.items():
+        tree[key] = {**tree[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_help_lists_verbs():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for verb in ("train", "validate", "init", "recipes", "env"):
+        assert verb in result.output
+
+
+def test_train_end_to_end_writes_loadable_checkpoint(tmp_path, tiny_model_dir, tiny_data):
+    path = recipe_file(tmp_path, tiny_model_dir, tiny_data)
+    result = runner.invoke(app, ["train", str(path), "train.max_steps=4"])
+    assert result.exit_code == 0, result.output
+    assert "step 4/4" in result.output  # plain progress lines when not on a terminal
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = tmp_path / "run" / "final"
+    AutoModelForCausalLM.from_pretrained(final)
+    assert AutoTokenizer.from_pretrained(final).chat_template
+
+
+@pytest.mark.parametrize("section, overrides, expected", [
+    ({"train": {"lerning_rate": 1e-3}}, [], "train.lerning_rate: unknown key (did you mean learning_rate?)"),
+    ({}, ["train.batch_size=lots"], "train.batch_size: Input should be a valid integer"),
+    ({}, ["data.train.path=/nope/missing.jsonl"], "data.train.path: file not found: /nope/missing.jsonl"),
+    ({}, ["model.path=/nope/model"], "model.path: '/nope/model' is not available locally"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, tiny_data, section, overrides, expected):
+    path = recipe_file(tmp_path, tiny_model_dir, tiny_data, **section)
+    result = runner.invoke(app, ["train", str(path), *overrides])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert expected in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_validate_prints_resolved_recipe(tmp_path, tiny_model_dir, tiny_data):
+    path = recipe_file(tmp_path, tiny_model_dir, tiny_data)
+    result = runner.invoke(app, ["validate", str(path), "train.learning_rate=0.5"])
+    assert result.exit_code == 0
+    assert "learning_rate: 0.5" in result.output and "is valid" in result.output
+
+
+def test_stray_flag_rejected(tmp_path, tiny_model_dir, tiny_data):
+    result = runner.invoke(app, ["train", str(recipe_file(tmp_path, tiny_model_dir, tiny_data)), "--lr", "3"])
+    assert result.exit_code == 2
+
+
+def test_env_and_python_dash_m():
+    result = subprocess.run([sys.executable, "-m", "safetune", "env"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "torch:" in result.stdout and "transformers:" in result.stdout and "torch_threads:" in result.stdout

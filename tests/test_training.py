@@ -1,0 +1,149 @@
+"""The training loop: reproducibility, exact resume, mix batches, dry run, atomic checkpoints."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safetune import checkpoint as ckpt
+from safetune.errors import SafetuneError, UsageError
+from safetune.recipe import validate_tree
+from safetune.training import train
+
+
+def make_recipe(tiny_model_dir, tiny_data, out, **train_overrides):
+    tree = {
+        "name": "t",
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": {"path": str(tiny_data["task"])}, "safety": {"path": str(tiny_data["safety"])},
+                 "max_seq_len": 64},
+        "method": "standard",
+        "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-2, "log_every": 2} | train_overrides,
+        "output": {"dir": str(out)},
+    }
+    return tree
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_same_seed_same_weights(tiny_model_dir, tiny_data, tmp_path):
+    first = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, tmp_path / "a")), show_progress=False)
+    second = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, tmp_path / "b")), show_progress=False)
+    a, b = weights(first.final_dir), weights(second.final_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    base = weights(tiny_model_dir)
+    assert any(not torch.equal(a[k], base[k]) for k in a), "training changed the weights"
+    other = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, tmp_path / "c", seed=1)), show_progress=False)
+    c = weights(other.final_dir)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_run_directory_contents(tiny_model_dir, tiny_data, tmp_path):
+    result = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=3)),
+                   show_progress=False)
+    run = result.run_dir
+    for name in ("recipe.resolved.yaml", "env.json", "metrics.jsonl", "summary.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6]
+    assert {"loss", "lr", "tokens_per_s"} <= set(lines[0])
+    assert ckpt.is_complete(run / "checkpoints" / "step-3") and ckpt.is_complete(run / "final")
+    assert not list(run.rglob(".tmp-*")), "no temporary checkpoint left behind"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "final")  # a normal Hugging Face folder
+
+
+def test_existing_run_refused_without_resume(tiny_model_dir, tiny_data, tmp_path):
+    recipe = validate_tree(make_recipe(tiny_model_dir, tiny_data, tmp_path / "run"))
+    train(recipe, show_progress=False)
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(recipe, show_progress=False)
+
+
+def test_resume_refuses_changed_recipe(tiny_model_dir, tiny_data, tmp_path):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=3)
+    train(validate_tree(tree), show_progress=False)
+    tree["train"]["learning_rate"] = 0.5
+    with pytest.raises(UsageError, match=r"recipe changed since the run started \(train.learning_rate\)"):
+        train(validate_tree(tree), resume=True, show_progress=False)
+
+
+def test_mix_puts_configured_fraction_of_safety_in_batches(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    import safetune.training as training
+
+    seen = []
+    original = training.compute_loss
+
+    def spy(methods, ctx, model, batch):
+        seen.append(batch["input_ids"].shape[0])
+        return original(methods, ctx, model, batch)
+
+    monkeypatch.setattr(training, "compute_loss", spy)
+    from safetune.methods.mix import Mix
+    from safetune.recipe import MixMethod
+
+    prepared = []
+    real_prepare = Mix.prepare_batch
+    monkeypatch.setattr(Mix, "prepare_batch", lambda self, ctx, ex, k: prepared.append(r := real_prepare(self, ctx, ex, k)) or r)
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", batch_size=6)
+    tree["method"] = {"name": "mix", "safety_fraction": 0.25}
+    train(validate_tree(tree), show_progress=False)
+    assert seen == [8] * 6  # 6 task + 2 safety: 2 / 8 = 0.25
+    for batch in prepared:
+        assert [e.source for e in batch].count("safety") == 2
+        assert [e.source for e in batch].count("task") == 6
+    assert MixMethod(name="mix").safety_fraction == 0.1
+
+
+def test_dry_run_trains_and_saves_nothing(tiny_model_dir, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, out)), dry_run=True)
+    assert result.steps == 0 and result.final_dir is None
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert "first training example" in printed and "one optimizer step" in printed and "steps: 6" in printed
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """Ctrl-C at step 2 leaves a checkpoint; resuming gives bit-identical weights (mix draws RNG per batch)."""
+    import safetune.training as training
+
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "whole")
+    tree["method"] = "mix"
+    whole = train(validate_tree(tree), show_progress=False)
+
+    calls = {"n": 0}
+    original = training.compute_loss
+
+    def interrupt_at_third(methods, ctx, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(methods, ctx, model, batch)
+
+    monkeypatch.setattr(training, "compute_loss", interrupt_at_third)
+    tree["output"]["dir"] = str(tmp_path / "split")
+    recipe = validate_tree(tree)
+    with pytest.raises(SafetuneError, match="interrupted at step 2/6; checkpoint saved"):
+        train(recipe, show_progress=False)
+    assert ckpt.latest_checkpoint(tmp_path / "split").name == "step-2"
+    monkeypatch.setattr(training, "compute_loss", original)
+    resumed = train(recipe, resume=True, show_progress=False)
+    assert resumed.steps == 6
+    a, b = weights(whole.final_dir), weights(resumed.final_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedules():
+    from safetune.training import lr_multiplier
+
+    cosine = lr_multiplier("cosine", warmup=2, total=10)
+    assert cosine(0) < cosine(1) < cosine(2) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(0.0, abs=1e-9)
+    linear = lr_multiplier("linear", warmup=0, total=4)
+    assert [linear(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert lr_multiplier("constant", 0, 5)(3) == 1.0
