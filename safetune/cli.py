@@ -138,6 +138,38 @@ def train(
         console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
 
 
+# --------------------------------------------------------------------------- the lab
+lab_app = typer.Typer(help="The offline lab: synthetic data and a tiny aligned chat model.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("build")
+@handle_errors
+def lab_build(
+    out: Optional[Path] = typer.Option(None, help="where to save it (default: $SAFETUNE_LAB_MODEL or ~/.cache/safetune/lab-model)"),
+    seed: int = typer.Option(0, help="same seed, same model"),
+    steps: Optional[int] = typer.Option(None, help="training steps (default 1500)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Train the lab tokenizer and tiny aligned model from data/, then measure it."""
+    from safetune.lab.build import build
+
+    build(out, seed=seed, steps=steps, show_progress=not quiet)
+
+
+@lab_app.command("data")
+@handle_errors
+def lab_data(
+    out: Path = typer.Option(Path("data"), help="output folder"),
+    seed: int = typer.Option(0, help="same seed, same files"),
+):
+    """Regenerate the lab's synthetic data sets (the committed data/ is seed 0)."""
+    from safetune.lab.datagen import generate
+
+    for name, rows in generate(out, seed=seed).items():
+        console.print(f"{name}: {rows} rows", highlight=False)
+
+
 def main() -> None:
     # Hugging Face's own per-file progress bars would drown ours.
     from transformers.utils import logging as hf_logging
