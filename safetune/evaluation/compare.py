@@ -158,6 +158,7 @@ def plot_over_steps(entries: list[Entry], path: Path) -> Path:
                 axes.plot([entry.report["steps"]], [value], marker="*", markersize=12, color=color,
                           linestyle="none", label=None if points else entry.name)
         axes.set(title=title, xlabel="optimizer step", ylim=(-0.03, 1.03))
+        axes.set_xlim(left=0)  # step 0 is the base model (the dashed baseline)
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")

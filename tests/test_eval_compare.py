@@ -1,0 +1,72 @@
+"""`compare` over two fake runs: the table, the Markdown and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from safetune.errors import UsageError
+from safetune.evaluation.compare import run_compare
+from tests.helpers import write_jsonl
+
+BASE = {"harmful_refusal_rate": 0.95, "over_refusal_rate": 0.05, "task_score": 0.2, "capability_score": 0.7,
+        "by_category": {"violence": 1.0, "privacy": 0.9}}
+
+
+def fake_run(root: Path, name: str, method: str, harmful: float, task: float, privacy: float) -> Path:
+    run = root / name
+    (run / "final").mkdir(parents=True)
+    (run / "baseline").mkdir()
+    (run / "recipe.resolved.yaml").write_text(f"name: {name}\n")
+    (run / "baseline" / "safety_report.json").write_text(json.dumps({"metrics": BASE, "model": "lab", "method": []}))
+    metrics = {**BASE, "harmful_refusal_rate": harmful, "task_score": task,
+               "by_category": {"violence": 1.0, "privacy": privacy}}
+    report = {"metrics": metrics, "baseline": BASE, "model": "lab", "method": [method], "steps": 20,
+              "wall_time_s": 75.0, "retained": {"harmful_refusal_rate": harmful / 0.95, "task_score": task / 0.2},
+              "gate": {"verdict": "PASS" if harmful > 0.85 else "FAIL"}}
+    (run / "final" / "safety_report.json").write_text(json.dumps(report))
+    log = [{"step": s, "loss": 1.0 / s, "elapsed_s": s * 3.0} for s in range(1, 21)]
+    log += [{"step": s, "probe/harmful_refusal_rate": 0.95 - (0.95 - harmful) * s / 20} for s in (5, 10, 15, 20)]
+    write_jsonl(run / "metrics.jsonl", log)
+    return run
+
+
+def test_compare_two_runs_writes_table_markdown_and_plots(tmp_path):
+    standard = fake_run(tmp_path / "runs", "standard", "standard", harmful=0.40, task=0.8, privacy=0.1)
+    mix = fake_run(tmp_path / "runs", "mix", "mix", harmful=0.90, task=0.75, privacy=0.85)
+    comparison = run_compare([standard, mix], tmp_path / "cmp")
+
+    assert [e.name for e in comparison.entries] == ["baseline (lab)", "standard", "mix"]
+    console = Console(record=True, width=250)
+    console.print(*comparison.tables)
+    text = console.export_text()
+    assert "standard" in text and "mix" in text and "0.400" in text and "1m15s" in text
+    assert "privacy" in text  # the per-category table
+
+    markdown = comparison.markdown_path.read_text()
+    assert "| standard | standard | 20 | 1m15s | 0.400 |" in markdown
+    assert "| privacy | 0.900 | 0.100 | 0.850 |" in markdown
+    assert "![safety_over_steps](safety_over_steps.png)" in markdown
+    for plot in comparison.plot_paths:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    rows = json.loads(comparison.json_path.read_text())
+    assert [row["gate"] for row in rows] == [None, "FAIL", "PASS"]
+
+
+def test_compare_accepts_report_files(tmp_path):
+    run = fake_run(tmp_path, "r", "mix", harmful=0.9, task=0.5, privacy=0.8)
+    loose = tmp_path / "loose.json"
+    loose.write_text((run / "final" / "safety_report.json").read_text())
+    comparison = run_compare([loose], tmp_path / "cmp")
+    assert [e.name for e in comparison.entries] == ["baseline (lab)", "loose"]
+    assert comparison.entries[0].metrics == BASE
+
+
+def test_compare_rejects_what_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="neither a run directory"):
+        run_compare([tmp_path], tmp_path / "cmp")
+    with pytest.raises(UsageError, match="at least one"):
+        run_compare([], tmp_path / "cmp")
