@@ -81,8 +81,56 @@ class MixMethod(Section):
     safety_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each batch")
 
 
-MethodConfig = Annotated[Union[StandardMethod, MixMethod], Field(discriminator="name")]
-METHOD_CLASSES: dict[str, type[Section]] = {"standard": StandardMethod, "mix": MixMethod}
+class SafeGradMethod(Section):
+    """Gradient surgery: drop the part of the task gradient that conflicts with safety."""
+
+    name: Literal["safegrad"]
+    projection: Literal["global", "per_tensor"] = "global"
+    safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
+    safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
+    safety_batch_size: int = Field(8, ge=1)
+
+
+class FreezeMethod(Section):
+    """Freeze safety-critical decoder layers (given, or found automatically)."""
+
+    name: Literal["freeze"]
+    layers: Union[Literal["auto"], list[Annotated[int, Field(ge=0)]]] = "auto"
+    detector: Literal["fisher", "ablation"] = "fisher"
+    top_k: int | None = Field(None, ge=1, description="freeze the k best-scoring layers (default 1)")
+    threshold: float | None = Field(None, gt=0.0, le=1.0, description="or: score >= threshold x best")
+    samples: int = Field(64, ge=1, description="safety examples used by the detector")
+    batch_size: int = Field(8, ge=1)
+    ablation_scale: float = Field(0.0, ge=0.0, description="0 = skip the layer; 1.1 = Li et al.")
+    max_new_tokens: int = Field(24, ge=1, description="ablation: tokens generated per probe")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "FreezeMethod":
+        if self.top_k is not None and self.threshold is not None:
+            raise ValueError("give top_k or threshold, not both")
+        if self.top_k is None and self.threshold is None:
+            self.top_k = 1
+        return self
+
+
+class EWCMethod(Section):
+    """Elastic weight consolidation toward the aligned weights, Fisher of the refusal loss."""
+
+    name: Literal["ewc"]
+    strength: float = Field(1000.0, gt=0.0, description="lambda")
+    fisher_samples: int = Field(128, ge=1)
+    fisher_batch_size: int = Field(8, ge=1)
+
+
+MethodConfig = Annotated[
+    Union[StandardMethod, MixMethod, SafeGradMethod, FreezeMethod, EWCMethod], Field(discriminator="name")
+]
+METHOD_CLASSES: dict[str, type[Section]] = {
+    "standard": StandardMethod, "mix": MixMethod, "safegrad": SafeGradMethod,
+    "freeze": FreezeMethod, "ewc": EWCMethod,
+}
+# Methods that compute something from the safety examples need data.safety.
+NEEDS_SAFETY_DATA = {"mix", "safegrad", "ewc"}
 
 
 # --------------------------------------------------------------------------- train
@@ -232,8 +280,10 @@ class Recipe(Section):
             raise ValueError(f"method: each method may appear once (got {names})")
         if "standard" in names and len(names) > 1:
             raise ValueError("method: 'standard' means no protection; do not combine it")
-        if "mix" in names and self.data.safety is None:
-            raise ValueError("method 'mix' needs a data.safety source")
+        for method in self.method:
+            needs = method.name in NEEDS_SAFETY_DATA or (method.name == "freeze" and method.layers == "auto")
+            if needs and self.data.safety is None:
+                raise ValueError(f"method '{method.name}' needs a data.safety source")
         if self.monitor.every is not None and not any(s.kind == "harmful" for s in self.eval.suites):
             raise ValueError("monitor.every needs a harmful suite in eval.suites")
         return self

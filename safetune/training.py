@@ -174,7 +174,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     # --- safety methods
     methods: list[SafetyMethod] = build_methods(recipe.method)
     reference = None
-    if any(getattr(m, "needs_reference_model", False) for m in methods):
+    if any(m.needs_reference_model for m in methods):
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     ctx = MethodContext(
         model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=run_dir,
@@ -182,10 +182,10 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     )
     for method in methods:
         method.setup(ctx)
-    frozen = set().union(*(m.frozen_parameter_names(ctx) for m in methods))
-    for name, parameter in model.named_parameters():
-        if name in frozen:
-            parameter.requires_grad_(False)
+        frozen = method.frozen_parameter_names(ctx)  # applied at once: later methods see only trainable ones
+        for name, parameter in model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise SafetuneError("method: every parameter is frozen; nothing left to train")

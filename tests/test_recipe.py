@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from safetune.errors import RecipeError, UsageError
-from safetune.recipe import load_recipe
+from safetune.recipe import METHOD_CLASSES, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").rglob("*.yaml"))
 
@@ -73,7 +73,7 @@ def test_method_forms_and_unknown_method(tmp_path):
     assert load_recipe(path).method[0].safety_fraction == 0.25
     assert load_recipe(path, ["method=[mix]"]).method[0].safety_fraction == 0.1
     found = problems(tmp_path, {**BASE, "method": ["magic"]})
-    assert found == ["method[0]: unknown method 'magic' (known: standard, mix)"]
+    assert found == [f"method[0]: unknown method 'magic' (known: {', '.join(METHOD_CLASSES)})"]
     found = problems(tmp_path, {**BASE, "method": {"name": "mix", "safety_fractoin": 0.2}})
     assert found == ["method[mix].safety_fractoin: unknown key (did you mean safety_fraction?)"]
 

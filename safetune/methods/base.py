@@ -49,6 +49,8 @@ class SafetyMethod:
     """Default hooks do nothing, so a method overrides only what it changes."""
 
     name = "base"
+    setup_order = 1  # lower sets up first; freezing (0) goes before methods that read parameters
+    needs_reference_model = False  # True: the loop keeps a frozen copy of the aligned model
 
     def __init__(self, config):
         self.config = config
