@@ -28,6 +28,7 @@ from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError, UsageError
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.modeling import load_model, load_tokenizer, pick_device
+from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
 
@@ -201,19 +202,42 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     if dry_run:
         return _dry_run(recipe, model, tokenizer, data, schedule, methods, ctx, optimizer, scheduler, total_steps, started)
 
-    # --- resume
-    step = 0
-    if resume:
-        folder = ckpt.latest_checkpoint(run_dir)
-        state = ckpt.load_training_state(folder)
-        model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=False)
+    # --- everything a checkpoint (or a monitor rollback) must capture to continue exactly
+    monitor = SafetyMonitor(recipe, model, tokenizer) if recipe.monitor.every else None
+    progress = {"step": 0, "lr_scale": 1.0}
+
+    def capture_state() -> dict:
+        return {"step": progress["step"], "lr_scale": progress["lr_scale"],
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(),
+                "methods": {m.name: m.state_dict() for m in methods},
+                "monitor": monitor.state_dict() if monitor else {}}
+
+    def restore_state(state: dict) -> None:
+        if "model" in state:
+            model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         for method in methods:
             method.load_state_dict(state["methods"].get(method.name, {}))
+        if monitor:
+            monitor.load_state_dict(state.get("monitor", {}))
         ckpt.set_rng_state(state["rng"])
-        step = state["step"]
-        say(f"resuming from {folder} (step {step}/{total_steps})")
+        progress.update(step=state["step"], lr_scale=state.get("lr_scale", 1.0))
+
+    def save(folder: Path, with_state: bool) -> None:
+        info = {"step": progress["step"], "total_steps": total_steps, "method": recipe.method_names,
+                "recipe": recipe.name, "wall_time_s": round(time.perf_counter() - started, 2)}
+        state = None
+        if with_state:  # the weights are already in model.safetensors
+            state = {k: v for k, v in capture_state().items() if k != "model"}
+        ckpt.save_checkpoint(folder, model, tokenizer, info, state)
+
+    if resume:
+        folder = ckpt.latest_checkpoint(run_dir)
+        model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=False)
+        restore_state(ckpt.load_training_state(folder))
+        say(f"resuming from {folder} (step {progress['step']}/{total_steps})")
     else:
         (run_dir / "recipe.resolved.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         env = collect_env() | {"seed": recipe.train.seed, "device_used": str(device)}
@@ -222,23 +246,29 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     writer = _tensorboard(recipe, run_dir)
 
-    def save(folder: Path, with_state: bool) -> None:
-        info = {"step": step, "total_steps": total_steps, "method": recipe.method_names,
-                "recipe": recipe.name, "wall_time_s": round(time.perf_counter() - started, 2)}
-        state = None
-        if with_state:
-            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": ckpt.rng_state(), "methods": {m.name: m.state_dict() for m in methods}}
-        ckpt.save_checkpoint(folder, model, tokenizer, info, state)
+    def log_record(record: dict) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        if writer:
+            for key, value in record.items():
+                if key != "step":
+                    writer.add_scalar(key, float(value), record["step"])
 
     stop = {"signal": None}
     previous_handler = _install_sigterm(stop)
     model.train()
+    if monitor and monitor.reference is None:
+        first = monitor.probe(progress["step"])
+        log_record(first.record())
+        say(first.describe())
+    if monitor:  # the rollback target until a later probe passes (after a resume: the resumed state)
+        monitor.remember(capture_state())
     window_start, window_tokens = time.perf_counter(), 0
     try:
-        with TrainingProgress(total_steps, start=step, log_every=recipe.train.log_every, enabled=show_progress) as bar:
-            while step < total_steps:
-                ctx.step = step
+        with TrainingProgress(total_steps, start=progress["step"], log_every=recipe.train.log_every,
+                              enabled=show_progress) as bar:
+            while progress["step"] < total_steps:
+                step = ctx.step = progress["step"]
                 logs: dict[str, float] = {}
                 loss_sum = 0.0
                 for micro in range(recipe.train.grad_accum):
@@ -265,25 +295,29 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
                     optimizer.zero_grad(set_to_none=True)
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
-                step += 1
+                step = progress["step"] = step + 1
 
                 if step % recipe.train.log_every == 0 or step == total_steps:
                     now = time.perf_counter()
-                    record = {"step": step, "loss": loss_value, "lr": lr,
-                              "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
-                              "elapsed_s": now - started} | logs
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    if writer:
-                        for key, value in record.items():
-                            writer.add_scalar(key, value, step)
+                    log_record({"step": step, "loss": loss_value, "lr": lr,
+                                "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                                "elapsed_s": now - started} | logs)
                     window_start, window_tokens = now, 0
                 bar.update(step, {"loss": loss_value, "lr": lr})
+                if monitor and monitor.due(step):
+                    result = monitor.probe(step)
+                    log_record(result.record())
+                    bar.probe(result.describe(), ok=not result.breached)
+                    if not result.breached:
+                        monitor.remember(capture_state())
+                    else:
+                        handle_breach(recipe, monitor, result, restore_state, progress, scheduler, log_record, bar)
                 if recipe.train.save_every and step % recipe.train.save_every == 0:
                     save(run_dir / "checkpoints" / f"step-{step}", with_state=True)
                 if stop["signal"]:
                     raise StopRequested
     except (KeyboardInterrupt, StopRequested):
+        step = progress["step"]
         save(run_dir / "checkpoints" / f"step-{step}", with_state=True)
         raise SafetuneError(
             f"interrupted at step {step}/{total_steps}; checkpoint saved. Resume with: safetune train <recipe> --resume"
@@ -296,6 +330,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
             signal.signal(signal.SIGTERM, previous_handler)
 
     # --- final checkpoint, held-out loss, safety report
+    step = progress["step"]
     wall_time = time.perf_counter() - started
     eval_loss = mean_loss(model, data.eval, tokenizer, device)
     if eval_loss is not None:
@@ -304,13 +339,35 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     save(final_dir, with_state=False)
     summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
                "harmful_in_train": data.harmful_in_train, "train_examples": len(data.train),
-               "methods": {m.name: m.summary() for m in methods}}
+               "methods": {m.name: m.summary() for m in methods},
+               "monitor": monitor.state_dict() if monitor else None}
     ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     report = None
     if recipe.eval.suites and recipe.eval.at_end:
         report = final_report(recipe, run_dir, final_dir, model, tokenizer, summary, show_progress)
     say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
     return RunResult(run_dir=run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
+
+
+def handle_breach(recipe, monitor, result, restore_state, progress, scheduler, log_record, bar) -> None:
+    """warn: carry on; stop: end with an error; rollback: back to the last passing state, lower LR."""
+    policy = recipe.monitor.on_breach
+    if policy == "warn":
+        return
+    if policy == "stop" or monitor.rollbacks >= recipe.monitor.max_rollbacks:
+        why = "" if policy == "stop" else f" after {monitor.rollbacks} rollbacks"
+        raise SafetuneError(f"monitor: safety breach at step {result.step}{why} ({result.describe()}); stopped")
+    rollbacks = monitor.rollbacks + 1
+    lr_scale = progress["lr_scale"] * recipe.monitor.lr_factor
+    restore_state(monitor.snapshot)
+    monitor.rollbacks = rollbacks
+    progress["lr_scale"] = lr_scale
+    # The snapshot's scheduler holds the LR of its own time: rescale from the recipe's LR.
+    scheduler.base_lrs = [recipe.train.learning_rate * lr_scale for _ in scheduler.base_lrs]
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    log_record({"step": result.step, "rollback_to": progress["step"], "lr_scale": lr_scale})
+    bar.probe(f"{result.describe()}: rolled back to step {progress['step']}, LR x{lr_scale:g}", ok=False)
 
 
 def compute_loss(methods: list[SafetyMethod], ctx: MethodContext, model, batch) -> torch.Tensor:

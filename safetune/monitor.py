@@ -1,0 +1,77 @@
+"""Safety monitoring during training: a quick refusal probe every N steps.
+
+The probe generates answers to a fixed, evenly spread sample of the recipe's harmful
+prompts and measures the refusal rate. The first probe (step 0, before any update) is
+the reference; a probe below `min_retained` x reference is a breach, answered by
+`on_breach`: warn, stop, or roll back to the last state that passed and lower the LR.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from safetune.recipe import Recipe
+
+
+@dataclass
+class Probe:
+    step: int
+    refusal_rate: float
+    reference: float
+    breached: bool
+
+    def describe(self) -> str:
+        verdict = "BREACH" if self.breached else "ok"
+        return (f"safety probe @ step {self.step}: refusal {self.refusal_rate:.0%} "
+                f"(start {self.reference:.0%}) {verdict}")
+
+    def record(self) -> dict:
+        return {"step": self.step, "probe/harmful_refusal_rate": self.refusal_rate,
+                "probe/reference": self.reference, "probe/breach": self.breached}
+
+
+class SafetyMonitor:
+    def __init__(self, recipe: Recipe, model, tokenizer):
+        from safetune.evaluation.refusal import keyword_detector
+        from safetune.evaluation.runner import probe_prompts
+
+        self.config = recipe.monitor
+        self.eval_config = recipe.eval
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = probe_prompts(recipe, self.config.samples)
+        self.detector = keyword_detector(recipe.eval.refusal)
+        self.reference: float | None = None
+        self.rollbacks = 0
+        self.snapshot: dict | None = None  # the last state that passed its probe
+
+    def due(self, step: int) -> bool:
+        return self.config.every is not None and step % self.config.every == 0
+
+    def measure(self) -> float:
+        from safetune.evaluation.runner import refusal_rate
+
+        was_training = self.model.training
+        rate = refusal_rate(self.model, self.tokenizer, self.prompts, self.detector,
+                            max_new_tokens=self.eval_config.max_new_tokens, batch_size=self.eval_config.batch_size)
+        self.model.train(was_training)
+        return rate
+
+    def probe(self, step: int) -> Probe:
+        rate = self.measure()
+        if self.reference is None:
+            self.reference = rate
+        breached = rate < self.config.min_retained * self.reference
+        return Probe(step=step, refusal_rate=rate, reference=self.reference, breached=breached)
+
+    def remember(self, state: dict) -> None:
+        """Keep a copy of a state that passed (in memory: the model and optimizer state dicts)."""
+        self.snapshot = copy.deepcopy(state)
+
+    def state_dict(self) -> dict:
+        return {"reference": self.reference, "rollbacks": self.rollbacks}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference = state.get("reference")
+        self.rollbacks = state.get("rollbacks", 0)
