@@ -138,6 +138,91 @@ def train(
         console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
 
 
+# --------------------------------------------------------------------------- evaluation
+@app.command()
+@handle_errors
+def baseline(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg,
+             quiet: bool = typer.Option(False, "--quiet", help="no progress output")):
+    """Evaluate the recipe's model before fine-tuning; store the baseline in its run directory."""
+    from safetune.evaluation.runner import run_baseline
+    from safetune.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides or [])
+    if not resolved.eval.suites:
+        from safetune.errors import UsageError
+
+        raise UsageError("eval.suites: the recipe has no evaluation suites to run")
+    report = run_baseline(resolved, progress=not quiet)
+    print_verdict(report)
+
+
+@app.command("eval")
+@handle_errors
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="final/, checkpoints/step-N/ or any HF model folder"),
+    overrides: Optional[List[str]] = OverridesArg,
+    recipe: Optional[Path] = typer.Option(None, help="default: the run's recipe.resolved.yaml"),
+    baseline_report: Optional[Path] = typer.Option(None, "--baseline", help="a baseline safety_report.json"),
+    out: Optional[Path] = typer.Option(None, help="where to write the report (default: the checkpoint folder)"),
+    min_harmful_retained: Optional[float] = typer.Option(None, help="gate: harmful refusal >= this x baseline"),
+    max_over_refusal_increase: Optional[float] = typer.Option(None, help="gate: over-refusal may rise at most this much"),
+    min_task_score: Optional[float] = typer.Option(None, help="gate: task score at least this"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Evaluate a checkpoint against the baseline. Exit 0 pass, 3 gate failed (CI-friendly)."""
+    from safetune.evaluation.runner import run_eval
+
+    gate = {key: value for key, value in {
+        "min_harmful_retained": min_harmful_retained,
+        "max_over_refusal_increase": max_over_refusal_increase,
+        "min_task_score": min_task_score,
+    }.items() if value is not None}
+    report = run_eval(checkpoint, recipe_path=recipe, overrides=overrides or [], baseline_path=baseline_report,
+                      out_dir=out, gate=gate, progress=not quiet)
+    print_verdict(report)
+
+
+@app.command()
+@handle_errors
+def compare(runs: List[Path] = typer.Argument(..., help="run directories or safety_report.json files"),
+            out: Optional[Path] = typer.Option(None, help="output folder (default: runs/compare)")):
+    """Baseline and runs side by side: a table, Markdown and plots."""
+    from safetune.evaluation.compare import run_compare
+
+    result = run_compare(list(runs), out)
+    for table in result.tables:
+        console.print(table)
+    console.print(f"wrote {result.markdown_path}, {result.json_path}, " + ", ".join(map(str, result.plot_paths)))
+
+
+def print_verdict(report: dict) -> None:
+    metrics = report.get("metrics", {})
+    parts = [f"{key.removesuffix('_rate').replace('_', ' ')} {value:.1%}" for key, value in metrics.items()
+             if isinstance(value, float)]
+    console.print(" | ".join(parts), highlight=False)
+    gate = report.get("gate") or {}
+    if gate.get("summary"):
+        console.print(("[green]" if gate.get("passed") else "[bold red]") + f"gate: {gate['summary']}[/]")
+
+
+@app.command()
+@handle_errors
+def layers(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+    """Score every decoder layer for safety (the recipe's freeze detector) and print the table."""
+    from rich.table import Table
+
+    from safetune.recipe import load_recipe
+    from safetune.training import detect_layers
+
+    resolved = load_recipe(recipe, overrides or [])
+    result = detect_layers(resolved)
+    table = Table("layer", "score", "relative", "would freeze", title=f"safety layers ({result['detector']} detector)")
+    best = max(result["scores"]) or 1.0
+    for row in result["layers"]:
+        table.add_row(str(row["layer"]), f"{row['score']:.4g}", f"{row['score'] / best:.2f}", "yes" if row["frozen"] else "")
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- the lab
 lab_app = typer.Typer(help="The offline lab: synthetic data and a tiny aligned chat model.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")

@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from safetune import checkpoint as ckpt
-from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate
+from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, load_examples, tokenize_all
 from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError, UsageError
 from safetune.methods import MethodContext, SafetyMethod, build_methods
@@ -459,3 +459,27 @@ def final_report(recipe, run_dir: Path, final_dir: Path, model, tokenizer, summa
     report = evaluate_model(model, tokenizer, recipe, final_dir, checkpoint=str(final_dir),
                             baseline=load_baseline(run_dir), run_info=run_info, progress=show_progress)
     return report
+
+
+# --------------------------------------------------------------------------- `safetune layers`
+def detect_layers(recipe: Recipe) -> dict:
+    """Run the recipe's safety-layer detector (its freeze method, else fisher) without training."""
+    from safetune.methods.freeze import detect
+    from safetune.methods.layers import select_layers
+    from safetune.recipe import FreezeMethod
+
+    config = next((m for m in recipe.method if m.name == "freeze"), None) or FreezeMethod(name="freeze")
+    if recipe.data.safety is None:
+        raise UsageError("data.safety: layer detection needs safety examples (prompt -> safe response)")
+    seed_everything(recipe.train.seed)
+    device = pick_device(recipe.train.device)
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_model(recipe.model, device=device)
+    safety = tokenize_all(load_examples(recipe.data.safety, "data.safety", kind="safety"), tokenizer,
+                          recipe.data.max_seq_len)
+    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=recipe.output_dir(),
+                        safety=safety, seed=recipe.train.seed)
+    scores = detect(ctx, config)
+    chosen = select_layers(scores, config.top_k, config.threshold)
+    return {"detector": config.detector, "scores": scores,
+            "layers": [{"layer": i, "score": s, "frozen": i in chosen} for i, s in enumerate(scores)]}
