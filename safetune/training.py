@@ -440,14 +440,14 @@ def _dry_run(recipe, model, tokenizer, data, schedule, methods, ctx, optimizer, 
 
 # --------------------------------------------------------------------------- evaluation glue
 def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool) -> None:
-    from safetune.evaluation.runner import evaluate_model, load_baseline
+    """Evaluate the untouched model into <run>/baseline/ unless `safetune baseline` already did."""
+    from safetune.evaluation.runner import baseline_dir, load_baseline, run_baseline
 
     if load_baseline(run_dir) is not None:
         return
     if show_progress:
         print("no baseline yet: evaluating the base model first")
-    evaluate_model(model, tokenizer, recipe, run_dir / "baseline", checkpoint=recipe.model.path,
-                   baseline=None, run_info={"method": ["baseline"], "steps": 0}, progress=show_progress)
+    run_baseline(recipe, show_progress, out_dir=baseline_dir(run_dir), model=model, tokenizer=tokenizer)
     model.train()
 
 
