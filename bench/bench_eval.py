@@ -1,6 +1,6 @@
 """Batched evaluation vs a one-prompt-at-a-time loop, on the same prompts.
 
-    python bench/bench_eval.py [--model DIR] [--prompts N] [--batch-size B] [--max-new-tokens T] [--device D]
+    python bench/bench_eval.py [--model DIR] [--prompts N] [--batch-size B] [--max-new-tokens T] [--device D] [--threads T]
 
 The model defaults to the lab model (`safetune lab build`); without it a tiny random
 model is built so the script always runs. Prompts are the lab's harmful eval prompts
@@ -65,7 +65,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
+                        "1 gives steadier numbers on a busy machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         path, label = model_dir(args.model, Path(scratch))
