@@ -78,7 +78,7 @@ def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scal
     torch.manual_seed(seed)
     shape = {k: max(1, int(v * scale)) if k in ("hidden_size", "intermediate_size") else v
              for k, v in MODEL_SHAPE.items()}
-    shape["hidden_size"] -= shape["hidden_size"] % shape["num_attention_heads"]
+    shape["hidden_size"] -= shape["hidden_size"] % (2 * shape["num_attention_heads"])  # even head size (RoPE)
     config = LlamaConfig(
         vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
