@@ -171,6 +171,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     # --- baseline safety of the untouched model, so the final report can say what was kept
     if not dry_run and recipe.eval.suites and recipe.eval.at_end:
         ensure_baseline(recipe, run_dir, model, tokenizer, show_progress)
+        started = time.perf_counter()  # wall time = the fine-tuning's cost, without the baseline
 
     # --- safety methods
     methods: list[SafetyMethod] = build_methods(recipe.method)
