@@ -48,6 +48,26 @@ def handle_errors(command):
     return wrapper
 
 
+# --------------------------------------------------------------------------- training
+@app.command()
+@handle_errors
+def train(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    dry_run: bool = typer.Option(False, "--dry-run", help="build everything, show one example, run one step, save nothing"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's latest complete checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Fine-tune the recipe's model with its safety methods, then write the safety report."""
+    from safetune.recipe import load_recipe
+    from safetune.training import train as run_training
+
+    resolved = load_recipe(recipe, overrides or [])
+    result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet)
+    if result.report is not None and not result.report.get("gate", {}).get("passed", True):
+        console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
+
+
 # --------------------------------------------------------------------------- recipes
 @app.command()
 @handle_errors
@@ -116,26 +136,6 @@ def env():
                 console.print(f"{name}: {version or 'not installed'}", highlight=False)
         else:
             console.print(f"{key}: {value}", highlight=False)
-
-
-# --------------------------------------------------------------------------- training
-@app.command()
-@handle_errors
-def train(
-    recipe: Path = RecipeArg,
-    overrides: Optional[List[str]] = OverridesArg,
-    dry_run: bool = typer.Option(False, "--dry-run", help="build everything, show one example, run one step, save nothing"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the run's latest complete checkpoint"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
-):
-    """Fine-tune the recipe's model with its safety methods, then write the safety report."""
-    from safetune.recipe import load_recipe
-    from safetune.training import train as run_training
-
-    resolved = load_recipe(recipe, overrides or [])
-    result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet)
-    if result.report is not None and not result.report.get("gate", {}).get("passed", True):
-        console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -209,7 +209,9 @@ def build_training_data(config: DataConfig, tokenizer, seed: int) -> TrainingDat
         # p is the share of harmful examples in the final fine-tuning set (the literature's attack setting).
         pool = load_examples(config.harmful, "data.harmful", kind="harmful")
         harmful_count = round(config.harmful_ratio / (1 - config.harmful_ratio) * len(train))
-        train = train + [pool[i % len(pool)] for i in rng.sample(range(max(harmful_count, len(pool))), harmful_count)]
+        # distinct examples while the pool lasts, then it repeats
+        repeats, rest = divmod(harmful_count, len(pool))
+        train = train + pool * repeats + rng.sample(pool, rest)
     safety = load_examples(config.safety, "data.safety", kind="safety") if config.safety else []
     return TrainingData(
         train=tokenize_all(train, tokenizer, config.max_seq_len),
