@@ -67,7 +67,20 @@ def load_tokenizer(config: ModelConfig, path: str | None = None) -> PreTrainedTo
     return tokenizer
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def load_model(config: ModelConfig, path: str | None = None, device: torch.device | str = "cpu") -> PreTrainedModel:
+    """The base model (path None) or a saved checkpoint; a LoRA checkpoint is merged into its base."""
+    if path is not None and is_adapter_folder(path):
+        from peft import PeftModel
+
+        base = load_model(config, device=device)
+        return PeftModel.from_pretrained(base, path).merge_and_unload().to(device)
     source = path or resolve_model_path(config.path)
     dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
     try:
@@ -81,6 +94,30 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
     except (OSError, ValueError) as err:
         raise UsageError(_not_available(source, err)) from None
     return model.to(device)
+
+
+def add_lora(model: PreTrainedModel, config: ModelConfig):
+    """Wrap the model with trainable LoRA adapters; the base weights are frozen by peft."""
+    from peft import LoraConfig, get_peft_model
+
+    settings = config.lora
+    return get_peft_model(model, LoraConfig(
+        task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    ))
+
+
+def load_trained_weights(model, folder: Path, device) -> None:
+    """Load a checkpoint's weights into an already built model (full weights or LoRA adapters)."""
+    from safetensors.torch import load_file
+
+    if is_adapter_folder(folder):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(Path(folder) / "adapter_model.safetensors", device=str(device)))
+    else:
+        # strict=False: tied weights (e.g. lm_head = embeddings) are stored once
+        model.load_state_dict(load_file(Path(folder) / "model.safetensors", device=str(device)), strict=False)
 
 
 def _not_available(source: str, err: Exception) -> str:

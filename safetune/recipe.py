@@ -25,8 +25,18 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- model
+class LoraSettings(Section):
+    """Train low-rank adapters (peft) instead of all weights; methods then act on the adapters."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
 class ModelConfig(Section):
     path: str = Field(description="local directory, hub id, or 'lab' for the lab model")
+    lora: LoraSettings | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False

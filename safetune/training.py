@@ -20,14 +20,13 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from safetune import checkpoint as ckpt
 from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, load_examples, tokenize_all
 from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError, UsageError
 from safetune.methods import MethodContext, SafetyMethod, build_methods
-from safetune.modeling import load_model, load_tokenizer, pick_device
+from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, pick_device
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
@@ -164,6 +163,8 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     # --- model, tokenizer, data
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model, device=device)
+    if recipe.model.lora:
+        model = add_lora(model, recipe.model)
     data = build_training_data(recipe.data, tokenizer, recipe.train.seed)
     schedule = BatchSchedule(data.train, recipe.train.batch_size, recipe.train.seed, recipe.data.shuffle)
     total_steps = count_steps(recipe, schedule.batches_per_epoch)
@@ -236,7 +237,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
 
     if resume:
         folder = ckpt.latest_checkpoint(run_dir)
-        model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)), strict=False)
+        load_trained_weights(model, folder, device)
         restore_state(ckpt.load_training_state(folder))
         say(f"resuming from {folder} (step {progress['step']}/{total_steps})")
     else:
