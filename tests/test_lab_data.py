@@ -1,0 +1,163 @@
+"""Tests for the lab's synthetic data generator and the committed data/ files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from safetune.lab import datagen
+from safetune.lab.datagen import CATEGORIES, REFUSAL_OPENERS, REFUSAL_PREFIXES, REFUSAL_WORDS
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _norm(s: str) -> str:
+    return s.strip().lower()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+    out = tmp_path_factory.mktemp("gen0")
+    return out, datagen.generate(out, seed=0)
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict[str, list[dict]]:
+    files = {p.relative_to(DATA).as_posix(): _read(p) for p in sorted(DATA.rglob("*.jsonl"))}
+    assert files, "no committed data: run `python -m safetune.lab.datagen --seed 0`"
+    return files
+
+
+def test_expected_files(generated):
+    _, counts = generated
+    expected = {
+        "safety/train.jsonl", "safety/compliance_train.jsonl", "safety/eval.jsonl",
+        "over_refusal/train.jsonl", "over_refusal/eval.jsonl",
+        "capability/train.jsonl", "capability/eval.jsonl",
+    }
+    expected |= {f"tasks/{t}/{s}.jsonl" for t in ("sentiment", "extract", "count") for s in ("train", "test")}
+    assert set(counts) == expected
+    assert all(n > 0 for n in counts.values())
+
+
+def test_deterministic_by_seed(generated, tmp_path):
+    out0, counts = generated
+    again = datagen.generate(tmp_path / "again", seed=0)
+    assert again == counts
+    for name in counts:
+        assert (out0 / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    datagen.generate(tmp_path / "seed1", seed=1)
+    assert any((out0 / n).read_bytes() != (tmp_path / "seed1" / n).read_bytes() for n in counts)
+
+
+def test_committed_files_are_fresh(generated, committed):
+    """data/ must be exactly what generate(seed=0) writes, so it cannot go stale."""
+    out0, counts = generated
+    assert set(committed) == set(counts)
+    for name in counts:
+        assert (DATA / name).read_bytes() == (out0 / name).read_bytes(), (
+            f"data/{name} is stale: rerun `python -m safetune.lab.datagen --seed 0`")
+
+
+def test_readme_row_counts(generated):
+    _, counts = generated
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    documented = {m[0]: int(m[1]) for m in re.findall(r"^\| `([\w/]+\.jsonl)` \| (\d+) \|", readme, re.M)}
+    assert documented == counts
+
+
+def test_categories(committed):
+    train_cats = {r["category"] for r in committed["safety/train.jsonl"]}
+    assert train_cats == set(CATEGORIES) and len(CATEGORIES) == 10
+    for name in ("safety/compliance_train.jsonl", "safety/eval.jsonl"):
+        assert {r["category"] for r in committed[name]} == set(CATEGORIES)
+    for cat in CATEGORIES:
+        assert sum(r["category"] == cat for r in committed["safety/eval.jsonl"]) >= 20, cat
+
+
+def test_refusal_openers():
+    assert all(o.startswith(REFUSAL_PREFIXES) for o in REFUSAL_OPENERS)
+
+
+def test_safety_responses_are_refusals(committed):
+    for name in ("safety/train.jsonl", "safety/eval.jsonl"):
+        for r in committed[name]:
+            assert r["response"].startswith(REFUSAL_PREFIXES), r
+            assert len(r["response"].split()) <= 25, r
+
+
+def test_compliance_is_redacted(committed):
+    for r in committed["safety/compliance_train.jsonl"]:
+        assert r["response"].startswith("Sure"), r
+        # Only placeholders: after the restated task, every step is redacted.
+        steps = re.findall(r"Step \d: ([^.]*)\.", r["response"])
+        assert steps == ["[redacted]"] * 3, r
+        assert not r["response"].startswith(REFUSAL_PREFIXES)
+
+
+def test_benign_responses_are_not_refusals(committed):
+    for name, rows in committed.items():
+        if name.startswith("safety/"):
+            continue
+        for r in rows:
+            low = r["response"].lower()
+            assert not any(p.lower() in low for p in REFUSAL_PREFIXES), (name, r)
+            if name.startswith("over_refusal/"):
+                assert not any(w in low for w in REFUSAL_WORDS), (name, r)
+
+
+def test_heldout_disjoint(committed):
+    train = {_norm(r["prompt"]) for n, rows in committed.items()
+             if not datagen.is_eval_file(n) for r in rows}
+    for name, rows in committed.items():
+        if datagen.is_eval_file(name):
+            leaked = [r["prompt"] for r in rows if _norm(r["prompt"]) in train]
+            assert not leaked, (name, leaked[:3])
+
+
+def test_harmful_and_benign_prompts_disjoint(committed):
+    harmful = {_norm(r["prompt"]) for n, rows in committed.items() if n.startswith("safety/") for r in rows}
+    benign = {_norm(r["prompt"]) for n, rows in committed.items() if not n.startswith("safety/") for r in rows}
+    assert not harmful & benign
+
+
+def test_check_files_rejects_leak():
+    files = datagen.build(seed=0)
+    files["capability/eval.jsonl"].append(dict(files["capability/train.jsonl"][0]))
+    with pytest.raises(ValueError, match="eval prompts appear in training"):
+        datagen.check_files(files)
+
+
+def test_task_answers_short_and_checkable(committed):
+    for task in ("sentiment", "extract", "count"):
+        for split in ("train", "test"):
+            rows = committed[f"tasks/{task}/{split}.jsonl"]
+            assert all(set(r) == {"prompt", "response"} for r in rows)
+            assert all(len(r["response"]) <= 12 and len(r["response"].split()) == 1 for r in rows), task
+    assert {r["response"] for r in committed["tasks/sentiment/test.jsonl"]} == {"positive", "negative"}
+    assert {r["response"] for r in committed["tasks/count/test.jsonl"]} == {str(n) for n in range(1, 7)}
+    for r in committed["tasks/extract/test.jsonl"]:
+        assert r["response"] in r["prompt"]  # the answer is copied from the record
+
+
+def test_fields(committed):
+    fields = {
+        "safety/train.jsonl": {"prompt", "response", "category"},
+        "safety/compliance_train.jsonl": {"prompt", "response", "category"},
+        "safety/eval.jsonl": {"prompt", "response", "category", "heldout"},
+        "over_refusal/train.jsonl": {"prompt", "response"},
+        "over_refusal/eval.jsonl": {"prompt", "response"},
+        "capability/train.jsonl": {"prompt", "response", "skill"},
+        "capability/eval.jsonl": {"prompt", "response", "skill"},
+    }
+    for name, keys in fields.items():
+        assert all(set(r) == keys for r in committed[name]), name
+    assert {r["heldout"] for r in committed["safety/eval.jsonl"]} == {"template", "object", "both"}
