@@ -85,6 +85,7 @@ def main() -> None:
 
     agreement = sum(a == b for a, b in zip(batched, one_by_one)) / len(prompts)
     result = {
+        "command": " ".join(["python", "bench/bench_eval.py", *sys.argv[1:]]),
         "model": label,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
