@@ -47,7 +47,7 @@ def test_compare_two_runs_writes_table_markdown_and_plots(tmp_path):
     assert "privacy" in text  # the per-category table
 
     markdown = comparison.markdown_path.read_text()
-    assert "| standard | standard | 20 | 1m15s | 0.400 |" in markdown
+    assert "| standard | standard | 20 | 1m15s | 0.400 (42%) | 0.050 | 0.800 (400%) | 0.700 | FAIL |" in markdown
     assert "| privacy | 0.900 | 0.100 | 0.850 |" in markdown
     assert "![safety_over_steps](safety_over_steps.png)" in markdown
     for plot in comparison.plot_paths:

@@ -73,7 +73,9 @@ def load_entries(paths: list[Path]) -> list[Entry]:
         baseline = (load_baseline(run_dir) if run_dir else None) or _baseline_from_block(report)
         if baseline is not None:
             model = baseline.get("model") or "?"
-            baselines.setdefault(model, Entry(name=f"baseline ({model})", report=baseline, is_baseline=True))
+            # a path or hub id -> its last part: "baseline (lab-model)", "baseline (Llama-2-7b-chat-hf)"
+            label = f"baseline ({Path(model).name or model})"
+            baselines.setdefault(model, Entry(name=label, report=baseline, is_baseline=True))
     return [*baselines.values(), *runs]
 
 
@@ -85,25 +87,29 @@ def _baseline_from_block(report: dict) -> dict | None:
 
 
 # --------------------------------------------------------------------------- tables
+RETAINED_NOTE = "(x%) = share of the baseline kept."
+
+
 def summary_table(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
-    header = ["Run", "Method", "Steps", "Wall time", "Harmful refusal", "Over-refusal", "Task", "Capability",
-              "Retained harmful", "Retained task", "Retained capability", "Gate"]
+    header = ["Run", "Method", "Steps", "Wall time", "Harmful refusal", "Over-refusal", "Task", "Capability", "Gate"]
     rows = []
     for entry in entries:
         report, metrics = entry.report, entry.metrics
         retained = {} if entry.is_baseline else report.get("retained") or {}
+
+        def with_retained(metric: str) -> str:
+            kept = retained.get(metric)
+            return fmt(metrics.get(metric)) + (f" ({kept:.0%})" if kept is not None else "")
+
         rows.append([
             entry.name,
             "base model" if entry.is_baseline else ", ".join(report.get("method") or []) or "–",
             fmt(report.get("steps")),
             _duration(report.get("wall_time_s")),
-            fmt(metrics.get("harmful_refusal_rate")),
+            with_retained("harmful_refusal_rate"),
             fmt(metrics.get("over_refusal_rate")),
-            fmt(metrics.get("task_score")),
-            fmt(metrics.get("capability_score")),
-            fmt(retained.get("harmful_refusal_rate"), 2),
-            fmt(retained.get("task_score"), 2),
-            fmt(retained.get("capability_score"), 2),
+            with_retained("task_score"),
+            with_retained("capability_score"),
             "–" if entry.is_baseline or "gate" not in report else report["gate"]["verdict"],
         ])
     return header, rows
@@ -126,8 +132,8 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
+def rich_table(title: str, header: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+    table = Table(title=title, caption=caption)
     for index, column in enumerate(header):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in rows:
@@ -200,7 +206,7 @@ def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
     plots = [plot_over_steps(entries, out_dir / "safety_over_steps.png"),
              plot_safety_vs_task(entries, out_dir / "safety_vs_task.png")]
 
-    markdown = ["# Comparison", "", *markdown_table(*summary), ""]
+    markdown = ["# Comparison", "", *markdown_table(*summary), "", RETAINED_NOTE, ""]
     if categories[1]:
         markdown += ["## Harmful refusal by category", "", *markdown_table(*categories), ""]
     markdown += ["## Plots", ""] + [f"![{plot.stem}]({plot.name})" for plot in plots]
@@ -211,7 +217,7 @@ def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
              "gate": (e.report.get("gate") or {}).get("verdict")} for e in entries]
     write_atomic(json_path, json.dumps(rows, indent=2) + "\n")
 
-    tables = [rich_table("Safety comparison", *summary)]
+    tables = [rich_table("Safety comparison", *summary, caption=RETAINED_NOTE)]
     if categories[1]:
         tables.append(rich_table("Harmful refusal by category", *categories))
     return Comparison(entries=entries, tables=tables, markdown_path=markdown_path, json_path=json_path, plot_paths=plots)
