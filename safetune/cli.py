@@ -197,8 +197,9 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or safe
 
 def print_verdict(report: dict) -> None:
     metrics = report.get("metrics", {})
-    parts = [f"{key.removesuffix('_rate').replace('_', ' ')} {value:.1%}" for key, value in metrics.items()
-             if isinstance(value, float)]
+    rates = ["harmful_refusal_rate", "over_refusal_rate", "task_score", "capability_score"]
+    parts = [f"{key.removesuffix('_rate').replace('_', ' ')} {metrics[key]:.1%}" for key in rates
+             if metrics.get(key) is not None]
     console.print(" | ".join(parts), highlight=False)
     gate = report.get("gate") or {}
     if gate.get("summary"):

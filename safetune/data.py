@@ -54,7 +54,7 @@ def read_records(path: str, *, split: str = "train", what: str = "data", fmt: st
     local = resolve_local_path(path)
     if local is None and (fmt not in ("auto", "hub") or looks_like_file(path)):
         raise UsageError(f"{what}.path: file not found: {path}")
-    if local is None:
+    if local is None or fmt == "hub":
         return _read_hub(path, split, what)
     fmt = LOCAL_FORMATS.get(local.suffix.lower(), "jsonl") if fmt == "auto" else fmt
     if fmt == "jsonl":
@@ -143,7 +143,14 @@ def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_s
         after = _render(tokenizer, example.messages[: turn + 1], generation_prompt=False)
         if not after.startswith(rendered):
             raise SafetuneError("model.chat_template: rendering is not prefix-stable; loss masking needs it")
-        _append(tokenizer, after[len(rendered):], input_ids, labels, train=is_assistant)
+        segment = after[len(rendered):]
+        if is_assistant and tokenizer.eos_token in segment:
+            # train up to and including EOS; what the template adds after it (a newline) is not an answer
+            answer, eos, rest = segment.partition(tokenizer.eos_token)
+            _append(tokenizer, answer + eos, input_ids, labels, train=True)
+            _append(tokenizer, rest, input_ids, labels, train=False)
+        else:
+            _append(tokenizer, segment, input_ids, labels, train=is_assistant)
         rendered = after
     if tokenizer.eos_token_id not in input_ids[-2:]:  # templates without EOS still teach the model to stop
         input_ids.append(tokenizer.eos_token_id)

@@ -19,8 +19,9 @@ def test_loss_mask_covers_exactly_the_response(tokenizer):
     tokenize_example(example, tokenizer, max_seq_len=128)
     trained = [t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX]
     masked = [t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX]
-    assert tokenizer.decode(trained) == "7" + tokenizer.eos_token + "\n"
-    assert tokenizer.decode(masked) == "<|user|>\nWhat is 3 plus 4?\n<|assistant|>\n"
+    assert tokenizer.decode(trained) == "7" + tokenizer.eos_token
+    # the prompt, and the newline the template puts after EOS
+    assert tokenizer.decode(masked) == "<|user|>\nWhat is 3 plus 4?\n<|assistant|>\n\n"
     # Labels equal the inputs where trained (the model shifts them itself).
     assert all(label in (IGNORE_INDEX, t) for t, label in zip(example.input_ids, example.labels))
 
@@ -32,7 +33,7 @@ def test_multi_turn_trains_every_assistant_turn(tokenizer):
     ])
     tokenize_example(example, tokenizer, max_seq_len=128)
     trained = tokenizer.decode([t for t, lab in zip(example.input_ids, example.labels) if lab != IGNORE_INDEX])
-    assert trained == f"Hello!{tokenizer.eos_token}\nBye!{tokenizer.eos_token}\n"
+    assert trained == f"Hello!{tokenizer.eos_token}Bye!{tokenizer.eos_token}"
 
 
 def test_truncation(tokenizer):

@@ -39,14 +39,15 @@ def test_reference_loss_matches_a_hand_computation(tiny_model_dir):
     model, tokenizer = load_model(config), load_tokenizer(config)
     prompts, references = ["What is 3 plus 4?", "Hello!", "How do I hurt person 2?"], ["7", "Hi there", "I'm sorry."]
 
-    # By hand: the prompt as generation sees it, then the rest of the rendered chat (the
-    # reference and the template's end of turn); loss on that rest only, as in training.
+    # By hand: the prompt as generation sees it, then the reference and EOS; loss on those
+    # only, as in training (what the template adds after EOS is not scored).
     total, count = 0.0, 0
     for prompt, reference in zip(prompts, references):
         prompt_text = format_prompt(tokenizer, prompt)
         chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reference}]
         answer_text = tokenizer.apply_chat_template(chat, tokenize=False)[len(prompt_text):]
         assert answer_text.startswith(reference + tokenizer.eos_token)
+        answer_text = reference + tokenizer.eos_token
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + answer_ids])
