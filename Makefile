@@ -40,7 +40,9 @@ test-all: setup
 	@$(call PYTEST,-m "slow or not slow")
 
 bench: setup
+	test -f $${SAFETUNE_LAB_MODEL:-$$HOME/.cache/safetune/lab-model}/config.json || $(BIN)/safetune lab build
 	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/lab_table.py --task sentiment --seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
