@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from transformers.utils import logging as hf_logging  # noqa: E402
+
 from safetune.evaluation.runner import run_baseline  # noqa: E402
 from safetune.recipe import load_recipe  # noqa: E402
 from safetune.training import train  # noqa: E402
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: benign,harmful-10%%")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args()
+    hf_logging.disable_progress_bar()
 
     started = time.perf_counter()
     first = load_recipe(ROOT / "recipes" / "lab" / f"{args.task}-standard.yaml")
