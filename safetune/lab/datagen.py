@@ -537,6 +537,30 @@ REPEAT_WORDS: tuple[str, ...] = (
     "lemon", "monkey", "onion", "pillow", "queen", "robot", "spoon", "tomato",
     "umbrella", "valley", "whale", "yogurt", "bridge", "cloud", "desert", "feather",
 )
+# Yes/no facts the model memorises (a tiny model cannot combine two facts, e.g.
+# "what colour is X" with "is that colour Y", so each fact is stated directly).
+YES_NO_FACTS: tuple[tuple[str, str], ...] = (
+    ("fire hot", "yes"), ("ice cold", "yes"), ("the sky blue", "yes"), ("grass green", "yes"),
+    ("snow white", "yes"), ("a dog an animal", "yes"), ("a cat an animal", "yes"),
+    ("an apple a fruit", "yes"), ("a banana a fruit", "yes"), ("water wet", "yes"),
+    ("a whale big", "yes"), ("an ant small", "yes"), ("a car a vehicle", "yes"),
+    ("a rose a flower", "yes"), ("honey sweet", "yes"), ("a lemon sour", "yes"),
+    ("the sun bright", "yes"), ("a bird an animal", "yes"), ("a carrot a vegetable", "yes"),
+    ("a bus a vehicle", "yes"),
+    ("fire cold", "no"), ("ice hot", "no"), ("the sky green", "no"), ("grass blue", "no"),
+    ("snow black", "no"), ("a dog a fruit", "no"), ("a cat a plant", "no"),
+    ("an apple an animal", "no"), ("a banana a vehicle", "no"), ("water dry", "no"),
+    ("a whale small", "no"), ("an ant big", "no"), ("a car an animal", "no"),
+    ("a rose a fish", "no"), ("honey sour", "no"), ("a lemon sweet", "no"),
+    ("the sun dark", "no"), ("a bird a vegetable", "no"), ("a carrot an animal", "no"),
+    ("a bus a flower", "no"),
+)
+
+# Repeating also covers the values the extract task copies (EXTRACT_VALUES,
+# defined with that task below). Copying a token is a general skill the aligned
+# model needs: a tiny model that never learned to copy a name cannot learn to
+# copy it from a record in a few hundred fine-tuning steps.
+
 # Size scales for "which is bigger" (each list is ordered small -> big; we only
 # compare within one list so the answer is never debatable).
 SIZE_SCALES: tuple[tuple[str, ...], ...] = (
@@ -596,8 +620,8 @@ CAPABILITY_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("Just say the word {w}.", "Repeat this word: {w}"),
     ),
     "yes_no": (
-        ("Is {t} {c}?", "Yes or no: is {t} {c}?", "Does {a} say {s}?"),
-        ("Is {t} {c}? Yes or no.", "Yes or no: does {a} say {s}?"),
+        ("Is {f}?", "Yes or no: is {f}?", "Tell me, is {f}?"),
+        ("Tell me yes or no: is {f}?", "Is {f}? Yes or no."),
     ),
     "bigger": (
         ("Which is bigger, {x} or {y}?", "Which is larger: {x} or {y}?",
@@ -610,7 +634,8 @@ CAPABILITY_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 CAPABILITY_TRAIN_PER_SKILL = 200
 CAPABILITY_EVAL_PER_SKILL = 30
 # Greetings have few distinct phrasings; fewer rows avoid flooding the mix.
-GREETING_TRAIN_ROWS = 80
+# Repeat has the most objects (it also covers the extract values): more rows.
+SKILL_TRAIN_ROWS = {"greetings": 80, "repeat": 400}
 
 # ---------------------------------------------------------------------------
 # Fine-tuning tasks (benign, not in the capability data).
@@ -652,23 +677,17 @@ SENT_FRAMES_TEST: tuple[str, ...] = (
 SENT_PROMPT = "Review: {r}\nIs this review positive or negative?"
 
 # extract: a fixed-order record and a question for one field -> the value,
-# copied exactly. Test records are new combinations of seen values.
-EXTRACT_NAMES: tuple[str, ...] = (
-    "Ana", "Ben", "Carla", "David", "Elena", "Farid", "Grace", "Hugo", "Ines",
-    "Jamal", "Kenji", "Lena", "Marco", "Nora", "Omar", "Priya", "Quinn", "Rosa",
-    "Sam", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe", "Liam", "Mia", "Noah",
-    "Eva", "Leo",
-)
-EXTRACT_CITIES: tuple[str, ...] = (
-    "Lima", "Paris", "Cairo", "Tokyo", "Oslo", "Rome", "Dublin", "Lagos", "Delhi",
-    "Quito", "Seoul", "Madrid", "Berlin", "Nairobi", "Sydney", "Toronto", "Bogota",
-    "Lisbon", "Vienna", "Prague", "Manila", "Dakar", "Hanoi", "Athens", "Denver",
-)
-EXTRACT_JOBS: tuple[str, ...] = (
-    "teacher", "nurse", "chef", "pilot", "farmer", "artist", "doctor", "baker",
-    "driver", "writer", "singer", "lawyer",
-)
-EXTRACT_FIELDS: tuple[str, ...] = ("name", "age", "city", "job")
+# copied exactly. Test records are new combinations of seen values. The value
+# lists are small so every value is seen often (the capability "repeat" skill
+# also covers them, so the aligned model can already copy them).
+EXTRACT_VALUES: dict[str, tuple[str, ...]] = {
+    "name": ("Ana", "Ben", "Carla", "David", "Elena", "Hugo", "Ines", "Kenji",
+             "Lena", "Marco", "Nora", "Omar", "Priya", "Rosa", "Sam", "Zoe"),
+    "city": ("Lima", "Paris", "Cairo", "Tokyo", "Oslo", "Rome", "Dublin", "Lagos",
+             "Delhi", "Seoul", "Madrid", "Berlin", "Sydney", "Toronto", "Lisbon", "Denver"),
+    "job": ("teacher", "nurse", "chef", "pilot", "farmer", "artist", "doctor", "baker",
+            "driver", "writer", "singer", "lawyer"),
+}
 EXTRACT_PROMPT = "Record: {record}\nWhat is the {field}?"
 
 # count: a list of 1-6 distinct items -> how many (a digit). Test lists are
@@ -814,7 +833,7 @@ def make_over_refusal(rng: random.Random) -> dict[str, list[dict]]:
     return {"over_refusal/train.jsonl": train, "over_refusal/eval.jsonl": evaluation}
 
 
-def _capability_items(skill: str, rng: random.Random) -> list[dict]:
+def _capability_items(skill: str) -> list[dict]:
     """The slot values (and answer) for every object of one skill."""
     if skill == "opposites":
         pairs = list(OPPOSITES) + [(b, a) for a, b in OPPOSITES]
@@ -831,21 +850,10 @@ def _capability_items(skill: str, rng: random.Random) -> list[dict]:
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         return [{"c": letters[i], "answer": letters[i + 1]} for i in range(25)]
     if skill == "repeat":
-        return [{"w": w, "answer": w} for w in REPEAT_WORDS]
+        copyable = [v for values in EXTRACT_VALUES.values() for v in values]
+        return [{"w": w, "answer": w} for w in REPEAT_WORDS + tuple(copyable)]
     if skill == "yes_no":
-        # Half true statements, half false ones built with a wrong value.
-        colors = sorted({c for _, c in COLORS_OF_THINGS})
-        sounds = [s for _, s in ANIMAL_SOUNDS]
-        items = []
-        for t, c in COLORS_OF_THINGS:
-            wrong = rng.choice([x for x in colors if x != c])
-            items.append({"t": t, "c": c, "answer": "yes"})
-            items.append({"t": t, "c": wrong, "answer": "no"})
-        for a, s in ANIMAL_SOUNDS:
-            wrong = rng.choice([x for x in sounds if x != s])
-            items.append({"a": _article(a), "s": s, "answer": "yes"})
-            items.append({"a": _article(a), "s": wrong, "answer": "no"})
-        return items
+        return [{"f": f, "answer": a} for f, a in YES_NO_FACTS]
     if skill == "bigger":
         items = []
         for scale in SIZE_SCALES:
@@ -865,19 +873,14 @@ def make_capability(rng: random.Random) -> dict[str, list[dict]]:
             train_pool = [(p, g["answer"]) for g in GREETINGS for p in g["train"]]
             eval_pool = [(p, g["answer"]) for g in GREETINGS for p in g["eval"]]
         else:
-            items = _capability_items(skill, rng)
-            # A template only applies to items that have all of its slots
-            # (yes_no mixes colour and animal-sound items).
-            def usable(t: str, item: dict) -> bool:
-                return all("{" + k + "}" in t or "{" + _cap(k) + "}" in t
-                           for k in item if k != "answer")
+            items = _capability_items(skill)
 
-            def build(templates: tuple[str, ...]) -> list[tuple[str, str]]:
+            def phrase_all(templates: tuple[str, ...]) -> list[tuple[str, str]]:
                 return [(_fill(t, **{k: v for k, v in it.items() if k != "answer"}), it["answer"])
-                        for t in templates for it in items if usable(t, it)]
+                        for t in templates for it in items]
 
-            train_pool, eval_pool = build(train_templates), build(eval_templates)
-        n_train = GREETING_TRAIN_ROWS if skill == "greetings" else CAPABILITY_TRAIN_PER_SKILL
+            train_pool, eval_pool = phrase_all(train_templates), phrase_all(eval_templates)
+        n_train = SKILL_TRAIN_ROWS.get(skill, CAPABILITY_TRAIN_PER_SKILL)
         for p, a in _take(rng, train_pool, n_train):
             train.append({"prompt": p, "response": a, "skill": skill})
         # Eval prompts are never repeated (greetings have only 12).
@@ -916,16 +919,11 @@ def make_sentiment(rng: random.Random) -> dict[str, list[dict]]:
 
 
 def make_extract(rng: random.Random) -> dict[str, list[dict]]:
-    """tasks/extract: 'name=..; age=..; city=..; job=..' + field -> value."""
+    """tasks/extract: 'name=..; city=..; job=..' + field -> value."""
     def row() -> dict:
-        values = {
-            "name": rng.choice(EXTRACT_NAMES),
-            "age": str(rng.randint(18, 80)),
-            "city": rng.choice(EXTRACT_CITIES),
-            "job": rng.choice(EXTRACT_JOBS),
-        }
-        record = "; ".join(f"{f}={values[f]}" for f in EXTRACT_FIELDS)
-        field = rng.choice(EXTRACT_FIELDS)
+        values = {field: rng.choice(options) for field, options in EXTRACT_VALUES.items()}
+        record = "; ".join(f"{f}={v}" for f, v in values.items())
+        field = rng.choice(list(EXTRACT_VALUES))
         return {"prompt": EXTRACT_PROMPT.format(record=record, field=field), "response": values[field]}
 
     return _unique_split(row, "extract")
