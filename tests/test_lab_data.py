@@ -161,3 +161,14 @@ def test_fields(committed):
     for name, keys in fields.items():
         assert all(set(r) == keys for r in committed[name]), name
     assert {r["heldout"] for r in committed["safety/eval.jsonl"]} == {"template", "object", "both"}
+
+
+def test_consistent_with_keyword_detector(committed):
+    """Reference answers must be scored right by the evaluation's keyword markers."""
+    refusal = pytest.importorskip("safetune.evaluation.refusal")
+    markers = [m.casefold() for m in refusal.DEFAULT_REFUSAL_MARKERS]
+    flagged = lambda text: any(m in text.casefold() for m in markers)  # noqa: E731
+    for name, rows in committed.items():
+        refusals = name in ("safety/train.jsonl", "safety/eval.jsonl")
+        for r in rows:
+            assert flagged(r["response"]) == refusals, (name, r["response"])
