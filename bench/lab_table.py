@@ -27,7 +27,7 @@ from safetune.evaluation.runner import run_baseline  # noqa: E402
 from safetune.recipe import load_recipe  # noqa: E402
 from safetune.training import train  # noqa: E402
 
-CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "freeze", "ewc", "freeze-safegrad"]
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "freeze", "ewc", "freeze-safegrad", "mix-ewc"]
 SETTINGS = {"benign": [], "harmful-10%": ["data.harmful.path=data/safety/compliance_train.jsonl",
                                           "data.harmful_ratio=0.1"]}
 METRICS = ["harmful_refusal_rate", "over_refusal_rate", "task_score", "capability_score"]

@@ -21,12 +21,6 @@ TRAINER_STATE = "trainer_state.json"  # human-readable: step, epoch, metrics
 TRAINING_STATE = "training_state.pt"  # optimizer, scheduler, RNG, method state
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -234,7 +234,7 @@ app.add_typer(lab_app, name="lab")
 def lab_build(
     out: Optional[Path] = typer.Option(None, help="where to save it (default: $SAFETUNE_LAB_MODEL or ~/.cache/safetune/lab-model)"),
     seed: int = typer.Option(0, help="same seed, same model"),
-    steps: Optional[int] = typer.Option(None, help="training steps (default 1500)"),
+    steps: Optional[int] = typer.Option(None, help="training steps (default 1400)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ):
     """Train the lab tokenizer and tiny aligned model from data/, then measure it."""

@@ -25,11 +25,13 @@ from safetune import checkpoint as ckpt
 from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, load_examples, tokenize_all
 from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError, UsageError
+from safetune.files import write_atomic
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, pick_device
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
+from safetune.rundir import BASELINE_DIR, FINAL_DIR, METRICS_LOG, RESOLVED_RECIPE
 
 # Changing these between an interrupted run and its resume is fine; anything else is refused.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.log_every", "output", "eval", "monitor"}
@@ -74,7 +76,7 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     run_dir = recipe.output_dir()
     # A baseline computed by `safetune baseline` beforehand is the only thing allowed in a new run dir.
     existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    leftover = [name for name in existing if name != "baseline"]
+    leftover = [name for name in existing if name != BASELINE_DIR]
     if resume:
         if ckpt.latest_checkpoint(run_dir) is None:
             raise UsageError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
@@ -101,7 +103,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _refuse_changed_recipe(run_dir: Path, recipe: Recipe) -> None:
-    saved_file = run_dir / "recipe.resolved.yaml"
+    saved_file = run_dir / RESOLVED_RECIPE
     if not saved_file.is_file():
         return
     saved = _flatten(yaml.safe_load(saved_file.read_text()))
@@ -241,11 +243,11 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
         restore_state(ckpt.load_training_state(folder))
         say(f"resuming from {folder} (step {progress['step']}/{total_steps})")
     else:
-        (run_dir / "recipe.resolved.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_atomic(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
         env = collect_env() | {"seed": recipe.train.seed, "device_used": str(device)}
-        ckpt.write_text_atomic(run_dir / "env.json", json.dumps(env, indent=2))
+        write_atomic(run_dir / "env.json", json.dumps(env, indent=2))
 
-    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    metrics_file = (run_dir / METRICS_LOG).open("a", encoding="utf-8")
     writer = _tensorboard(recipe, run_dir)
 
     def log_record(record: dict) -> None:
@@ -337,13 +339,13 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     eval_loss = mean_loss(model, data.eval, tokenizer, device)
     if eval_loss is not None:
         say(f"held-out task loss: {eval_loss:.4f}")
-    final_dir = run_dir / "final"
+    final_dir = run_dir / FINAL_DIR
     save(final_dir, with_state=False)
     summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
                "harmful_in_train": data.harmful_in_train, "train_examples": len(data.train),
                "methods": {m.name: m.summary() for m in methods},
                "monitor": monitor.state_dict() if monitor else None}
-    ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     report = None
     if recipe.eval.suites and recipe.eval.at_end:
         report = final_report(recipe, run_dir, final_dir, model, tokenizer, summary, show_progress)

@@ -21,8 +21,9 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from safetune.errors import UsageError
-from safetune.evaluation.report import REPORT_JSON, fmt, markdown_table, read_report, write_atomic
-from safetune.evaluation.rundir import FINAL_DIR, find_run_dir, read_metrics_log
+from safetune.evaluation.report import REPORT_JSON, fmt, markdown_table, read_report
+from safetune.files import write_atomic
+from safetune.rundir import FINAL_DIR, find_run_dir, read_metrics_log
 from safetune.evaluation.runner import load_baseline
 
 SAFETY_SERIES = "probe/harmful_refusal_rate"

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetune.errors import SafetuneError
+from safetune.files import write_atomic
 from safetune.evaluation.suites import ANSWER_KINDS, REFUSAL_KINDS
 from safetune.recipe import GateConfig
 
@@ -274,20 +273,6 @@ def _suite_summary(result: SuiteResult, primary: str | None) -> dict:
 
 
 # --------------------------------------------------------------------------- files
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
     write_atomic(json_path, json.dumps(report, indent=2) + "\n")

@@ -26,10 +26,9 @@ from safetune.evaluation.report import (
     SuiteResult,
     build_report,
     read_report,
-    write_atomic,
     write_report,
 )
-from safetune.evaluation.rundir import (
+from safetune.rundir import (
     BASELINE_DIR,
     RESOLVED_RECIPE,
     checkpoint_step,
@@ -41,6 +40,7 @@ from safetune.evaluation.scoring import reference_loss, score_responses
 from safetune.evaluation.suites import REFUSAL_KINDS, Suite, load_suite, suite_label
 from safetune.modeling import load_model, load_tokenizer, pick_device
 from safetune.recipe import Recipe, load_recipe
+from safetune.files import write_atomic
 
 
 # --------------------------------------------------------------------------- one model

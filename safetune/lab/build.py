@@ -29,7 +29,7 @@ ALIGNMENT_FILES = ["capability/train.jsonl", "safety/train.jsonl", "over_refusal
 # The size checked to reach the lab's targets in a few CPU minutes (about 2.6M parameters).
 MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 6, "num_key_value_heads": 6}
-TRAIN_SETTINGS = {"max_steps": 1500, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
+TRAIN_SETTINGS = {"max_steps": 1400, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
                   "lr_schedule": "cosine", "weight_decay": 0.01, "log_every": 50}
 
 

@@ -1,4 +1,4 @@
-"""The parts of a run directory that evaluation reads (the trainer writes them).
+"""The run directory layout: the trainer writes it, evaluation and compare read it.
 
     runs/<name>/
       recipe.resolved.yaml   the recipe as it ran
