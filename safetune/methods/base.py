@@ -13,7 +13,7 @@ exists, so `frozen_parameter_names` can take parameters out of training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,6 @@ class MethodContext:
     step: int = 0  # the optimizer step being computed (0-based)
     reference_model: Callable[[], nn.Module] | None = None  # frozen aligned copy, built on first call
     log: Callable[[str], None] = print
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def batch_to_device(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         batch = collate(examples, self.tokenizer.pad_token_id)

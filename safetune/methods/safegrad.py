@@ -71,6 +71,8 @@ class SafeGrad(SafetyMethod):
             self.cached = self.safety_gradient(ctx, params)
             self.cached_at = ctx.step
             self.recomputed += 1
+        elif self.cached[0].device != params[0].device:  # restored from a checkpoint on the CPU
+            self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
         stats = project_conflicting([p.grad for p in params], self.cached, self.config.projection)
         self.steps += 1
         self.projections += int(stats["projected"])
