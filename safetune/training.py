@@ -202,6 +202,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, total_steps)
     )
+    ctx.optimizer = optimizer
 
     if dry_run:
         return _dry_run(recipe, model, tokenizer, data, schedule, methods, ctx, optimizer, scheduler, total_steps, started)
@@ -295,7 +296,11 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
                 else:
                     if recipe.train.max_grad_norm:
                         logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm))
+                    for method in methods:
+                        method.before_step(ctx)
                     optimizer.step()
+                    for method in methods:
+                        logs.update(method.after_step(ctx))
                     optimizer.zero_grad(set_to_none=True)
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()

@@ -5,7 +5,8 @@ order each optimizer step:
 
     prepare_batch  -> (loss | default cross-entropy) + extra_loss  -> backward
     ... repeated for each micro-batch of gradient accumulation ...
-    after_backward (edit the accumulated, synchronised .grad)  -> clip -> optimizer.step
+    after_backward (edit the accumulated, synchronised .grad)  -> clip
+    before_step -> optimizer.step -> after_step (e.g. edit the applied update, reset a probe)
 
 `setup` runs once before training, after the model is built and before the optimizer
 exists, so `frozen_parameter_names` can take parameters out of training.
@@ -33,7 +34,8 @@ class MethodContext:
     safety: list[Example]
     seed: int
     step: int = 0  # the optimizer step being computed (0-based)
-    reference_model: Callable[[], nn.Module] | None = None  # frozen aligned copy, built on first call
+    reference_model: nn.Module | None = None  # frozen aligned copy (needs_reference_model)
+    optimizer: torch.optim.Optimizer | None = None  # set by the loop once it exists (before step 0)
     log: Callable[[str], None] = print
 
     def batch_to_device(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -73,6 +75,13 @@ class SafetyMethod:
 
     def after_backward(self, ctx: MethodContext) -> dict[str, float]:
         """Edit the accumulated gradients in place before clipping; return values to log."""
+        return {}
+
+    def before_step(self, ctx: MethodContext) -> None:
+        """Right before optimizer.step (after clipping): e.g. remember the weights."""
+
+    def after_step(self, ctx: MethodContext) -> dict[str, float]:
+        """Right after optimizer.step: e.g. edit the applied update; return values to log."""
         return {}
 
     def summary(self) -> dict[str, Any]:
