@@ -2,11 +2,14 @@
 
 A checkpoint is written into a hidden temporary folder, marked complete last, then
 renamed into place, so a crash can never leave a folder that looks like a checkpoint
-but is not one. `latest_checkpoint` only trusts folders with the completeness marker.
+but is not one. Each checkpoint carries a manifest (size and sha256 of every file), so
+a file damaged later (a disk error, a truncated copy) is found before it is loaded:
+`latest_checkpoint` returns the newest checkpoint that verifies and says what it skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,6 +22,11 @@ import torch
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 TRAINER_STATE = "trainer_state.json"  # human-readable: step, epoch, metrics
 TRAINING_STATE = "training_state.pt"  # optimizer, scheduler, RNG, method state
+MANIFEST = "MANIFEST.json"  # {file: {bytes, sha256}} of everything else in the folder
+
+
+class NonFiniteWeights(Exception):
+    """The model holds NaN/inf values: such weights are never written to disk."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,6 +52,9 @@ def save_checkpoint(
 ) -> Path:
     """Write model + tokenizer (+ resume state) to `folder` atomically."""
     folder = Path(folder)
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise NonFiniteWeights(f"{len(bad)} tensors hold NaN/inf (first: {bad[0]})")
     tmp = folder.with_name(f".tmp-{folder.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -53,6 +64,7 @@ def save_checkpoint(
     if training_state is not None:
         torch.save(training_state, tmp / TRAINING_STATE)
     (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    write_manifest(tmp)
     (tmp / COMPLETE_MARKER).write_text("ok\n")
     if folder.exists():  # replacing (e.g. final/ after a resumed run): move the old one aside first
         old = folder.with_name(f".old-{folder.name}")
@@ -74,12 +86,69 @@ def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[-1])
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def nonfinite_tensors(model) -> list[str]:
+    """Names of parameters/buffers holding NaN or inf (one reduction each, no copies)."""
+    return [name for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
+    manifest = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """None when every file matches the manifest, else one line saying which file is damaged.
+
+    Folders written before manifests existed (or by other tools) have none: nothing to check.
+    """
+    folder = Path(folder)
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{manifest_file} is damaged"
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{path} is damaged ({size} bytes, expected {expected['bytes']})"
+        if _sha256(path) != expected["sha256"]:
+            return f"{path} is damaged (checksum mismatch)"
+    return None
+
+
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints holding a training state, newest first."""
     folders = [
         f for f in (Path(run_dir) / "checkpoints").glob("step-*")
         if f.name.split("-")[-1].isdigit() and is_complete(f) and (f / TRAINING_STATE).is_file()
     ]
-    return max(folders, key=checkpoint_step, default=None)
+    return sorted(folders, key=checkpoint_step, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Path | None:
+    """The newest checkpoint that verifies; each damaged one is described in `skipped`."""
+    for folder in resumable_checkpoints(run_dir):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder
+        if skipped is not None:
+            skipped.append(f"skipped {folder.name}: {problem}")
+    return None
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:

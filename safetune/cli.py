@@ -7,6 +7,8 @@ code (1 error, 2 usage/recipe, 3 safety gate failed). Anything else is a bug.
 from __future__ import annotations
 
 import functools
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -35,17 +37,34 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        # under torchrun/accelerate every process prints its own line: say which one
+        where = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         try:
             return command(*args, **kwargs)
         except RecipeError as err:
             for problem in err.problems:
-                print(f"error: {err.source}: {problem}", file=sys.stderr)
+                print(f"error: {where}{err.source}: {problem}", file=sys.stderr)
             raise typer.Exit(err.exit_code) from None
         except SafetuneError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {where}{err}", file=sys.stderr)
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:  # outside training (which saves a checkpoint first): nothing to keep
+            print(f"error: {where}interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except RuntimeError as err:
+            if where and _peer_failed(err):  # the real error is the other process's line
+                print(f"error: {where}stopped: another process of this run failed (see its error)", file=sys.stderr)
+                raise typer.Exit(1) from None
+            raise
 
     return wrapper
+
+
+def _peer_failed(err: Exception) -> bool:
+    """A collective operation failed because another rank exited (gloo/NCCL say so in words)."""
+    text = str(err)
+    return type(err).__name__ in ("DistBackendError", "DistNetworkError") or any(
+        phrase in text for phrase in ("Connection closed by peer", "Connection reset by peer", "remote worker"))
 
 
 # --------------------------------------------------------------------------- training
@@ -56,16 +75,29 @@ def train(
     overrides: Optional[List[str]] = OverridesArg,
     dry_run: bool = typer.Option(False, "--dry-run", help="build everything, show one example, run one step, save nothing"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run's latest complete checkpoint"),
+    allow_gate_failure: bool = typer.Option(
+        False, "--allow-gate-failure", help="exit 0 even when the final safety gate fails (eval.gate.exit_on_fail=false)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ):
-    """Fine-tune the recipe's model with its safety methods, then write the safety report."""
+    """Fine-tune the recipe's model with its safety methods, then write the safety report.
+
+    Exit codes: 0 done and the safety gate passed, 1 error, 2 bad recipe/usage,
+    3 the safety gate failed (the checkpoint is kept), 130 interrupted (resumable).
+    """
+    from safetune.errors import GateFailed
     from safetune.recipe import load_recipe
     from safetune.training import train as run_training
 
     resolved = load_recipe(recipe, overrides or [])
-    result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet)
-    if result.report is not None and not result.report.get("gate", {}).get("passed", True):
-        console.print("[bold red]safety gate failed[/] (see the report); the checkpoint is kept for inspection")
+    command = shlex.join(["safetune", "train", str(recipe), *(overrides or [])])
+    result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet, command=command)
+    if result.report is None:
+        return
+    print_verdict(result.report)
+    gate = result.report.get("gate") or {}
+    if not gate.get("passed", True) and resolved.eval.gate.exit_on_fail and not allow_gate_failure:
+        raise GateFailed(f"safety gate failed: {gate.get('summary', '')} (checkpoint kept in {result.final_dir}; "
+                         "--allow-gate-failure to exit 0)")
 
 
 # --------------------------------------------------------------------------- recipes
@@ -213,7 +245,7 @@ def layers(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesA
     from rich.table import Table
 
     from safetune.recipe import load_recipe
-    from safetune.training import detect_layers
+    from safetune.methods.freeze import detect_layers
 
     resolved = load_recipe(recipe, overrides or [])
     result = detect_layers(resolved)
@@ -256,12 +288,23 @@ def lab_data(
         console.print(f"{name}: {rows} rows", highlight=False)
 
 
-def main() -> None:
-    # Hugging Face's own per-file progress bars would drown ours.
-    from transformers.utils import logging as hf_logging
+@lab_app.command("classifier")
+@handle_errors
+def lab_classifier(
+    out: Optional[Path] = typer.Option(None, help="where to save it (default: $SAFETUNE_LAB_CLASSIFIER or <lab model dir>-classifier)"),
+    seed: int = typer.Option(0, help="same seed, same classifier"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Train the lab's tiny safety classifier (refusal / answer / unsafe) for token_weighting and eval's judge."""
+    from safetune.lab.classifier import build_classifier
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    build_classifier(out, seed=seed, show_progress=not quiet)
+
+
+def main() -> None:
+    # Quiet Hugging Face without importing it here: `validate`, `recipes`, `init` and --help
+    # must start fast, and transformers pulls in torch. (modeling.py turns its progress bars off.)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     app()
 
 

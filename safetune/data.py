@@ -7,6 +7,7 @@ Tokenisation trains only on assistant turns: every other token gets label -100.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": 
 class Example:
     messages: list[dict[str, str]]
     category: str | None = None
-    source: str = "task"  # task | safety | harmful: lets tests and logs see what a batch holds
+    source: str = "task"  # task | safety | harmful | borderline: lets tests and logs see what a batch holds
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    origin: str = ""  # "line 23 of data/x.jsonl": where error messages point
 
 
 # --------------------------------------------------------------------------- reading
@@ -51,36 +53,95 @@ def looks_like_file(path: str) -> bool:
 
 def read_records(path: str, *, split: str = "train", what: str = "data", fmt: str = "auto") -> list[dict[str, Any]]:
     """Rows of a local JSONL/JSON/CSV/Parquet/TXT file, or of a `datasets` hub id."""
+    return [row for _, row in read_located_records(path, split=split, what=what, fmt=fmt)]
+
+
+def read_located_records(
+    path: str, *, split: str = "train", what: str = "data", fmt: str = "auto"
+) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) pairs; `where` is what an error message about the row should say.
+
+    JSONL, CSV and TXT rows are named by their line in the file (blank lines count, so
+    an editor's line number matches), JSON array items by their index, anything else by
+    its row number.
+    """
     local = resolve_local_path(path)
     if local is None and (fmt not in ("auto", "hub") or looks_like_file(path)):
         raise UsageError(f"{what}.path: file not found: {path}")
     if local is None or fmt == "hub":
-        return _read_hub(path, split, what)
+        return [(f"row {n} of {path}", row) for n, row in enumerate(_read_hub(path, split, what), start=1)]
+    if local.is_dir():
+        raise UsageError(f"{what}.path: {local} is a directory; give a data file (.jsonl, .json, .csv, .parquet, .txt)")
     fmt = LOCAL_FORMATS.get(local.suffix.lower(), "jsonl") if fmt == "auto" else fmt
+    if fmt == "parquet":
+        return [(f"row {n} of {local}", row) for n, row in enumerate(_read_parquet(local, what), start=1)]
+    text = _read_text(local, what)
     if fmt == "jsonl":
-        rows = []
-        for number, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
+        located = []
+        for number, line in enumerate(_lines(text), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise SafetuneError(f"{local}:{number}: invalid JSON ({err.msg})") from None
-        return rows
+                raise SafetuneError(f"{what}: {local}:{number}: invalid JSON ({err.msg})") from None
+            located.append((f"line {number} of {local}", _object(row, f"{what}: {local}:{number}")))
+        return located
     if fmt == "json":
         try:
-            loaded = json.loads(local.read_text(encoding="utf-8"))
+            loaded = json.loads(text)
         except json.JSONDecodeError as err:
-            raise SafetuneError(f"{local}:{err.lineno}: invalid JSON ({err.msg})") from None
-        return loaded if isinstance(loaded, list) else loaded.get(split, loaded.get("data", []))
+            raise SafetuneError(f"{what}: {local}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if isinstance(loaded, dict):  # {"train": [...]} or {"data": [...]}
+            loaded = loaded.get(split, loaded.get("data", []))
+        if not isinstance(loaded, list):
+            raise SafetuneError(f"{what}: {local}: expected a JSON array of objects (or {{\"{split}\": [...]}})")
+        return [(f"item [{i}] of {local}", _object(row, f"{what}: item [{i}] of {local}")) for i, row in enumerate(loaded)]
     if fmt == "csv":
-        with local.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    if fmt == "txt":
-        return [{"prompt": line.strip()} for line in local.read_text(encoding="utf-8").splitlines() if line.strip()]
-    from datasets import Dataset  # parquet: let `datasets` (pyarrow) do it
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # line_num is the physical line the record ended on: the row's line unless a quoted field spans lines
+        return [(f"line {reader.line_num} of {local}", row) for row in reader]
+    return [  # txt: one prompt per line
+        (f"line {number} of {local}", {"prompt": line.strip()})
+        for number, line in enumerate(_lines(text), start=1) if line.strip()
+    ]
 
-    return Dataset.from_parquet(str(local)).to_list()
+
+def _lines(text: str) -> list[str]:
+    # Not str.splitlines(): it also splits at U+2028 and friends, which JSON strings may hold
+    # and which no editor counts as a line break.
+    return text.split("\n")
+
+
+def _read_text(local: Path, what: str) -> str:
+    """The file as text; a file that is not UTF-8 is named with the line of the first bad byte."""
+    try:
+        raw = local.read_bytes()
+    except OSError as err:
+        raise SafetuneError(f"{what}.path: cannot read {local}: {err.strerror or err}") from None
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a byte-order mark (Excel's CSV export) is not part of the data
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise SafetuneError(
+            f"{what}.path: {local}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def _object(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise SafetuneError(f"{where}: expected a JSON object {{\"column\": value, ...}}, got {json.dumps(row)[:40]}")
+    return row
+
+
+def _read_parquet(local: Path, what: str) -> list[dict[str, Any]]:
+    from datasets import Dataset  # let `datasets` (pyarrow) do it
+
+    try:
+        return Dataset.from_parquet(str(local)).to_list()
+    except Exception as err:  # pyarrow raises many types; all mean "not a readable Parquet file"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SafetuneError(f"{what}.path: cannot read {local} as Parquet: {first}") from None
 
 
 def _read_hub(path: str, split: str, what: str) -> list[dict[str, Any]]:
@@ -94,39 +155,58 @@ def _read_hub(path: str, split: str, what: str) -> list[dict[str, Any]]:
 
 
 def load_examples(source: SourceConfig, what: str, kind: str = "task") -> list[Example]:
-    rows = read_records(source.path, split=source.split, what=what)
+    located = read_located_records(source.path, split=source.split, what=what)
     if source.limit:
-        rows = rows[: source.limit]
-    if not rows:
+        located = located[: source.limit]
+    if not located:
         raise SafetuneError(f"{what}.path: {source.path} has no rows")
-    examples = []
-    for number, row in enumerate(rows, start=1):
-        if source.messages_field:
-            messages = row.get(source.messages_field)
-            if not isinstance(messages, list) or not any(m.get("role") == "assistant" for m in messages):
+    return [_example(row, where, source, what, kind) for where, row in located]
+
+
+def _example(row: dict[str, Any], where: str, source: SourceConfig, what: str, kind: str) -> Example:
+    if source.messages_field:
+        messages = row.get(source.messages_field)
+        if not _is_chat(messages):
+            raise SafetuneError(
+                f"{what}: {where}: '{source.messages_field}' must be a list "
+                "of {role, content} with at least one assistant turn"
+            )
+    else:
+        for column, setting in ((source.prompt_field, "prompt_field"), (source.response_field, "response_field")):
+            if column not in row:
                 raise SafetuneError(
-                    f"{what}: row {number} of {source.path}: '{source.messages_field}' must be a list "
-                    "of {role, content} with at least one assistant turn"
+                    f"{what}: {where} has no column '{column}' (columns: {', '.join(map(str, row)) or 'none'}); "
+                    f"set {what}.{setting}"
                 )
-        else:
-            for column in (source.prompt_field, source.response_field):
-                if column not in row:
-                    raise SafetuneError(
-                        f"{what}: row {number} of {source.path} has no column '{column}' "
-                        f"(columns: {', '.join(row)}); set {what}.{'prompt_field' if column == source.prompt_field else 'response_field'}"
-                    )
-            messages = [
-                {"role": "user", "content": str(row[source.prompt_field])},
-                {"role": "assistant", "content": str(row[source.response_field])},
-            ]
-        category = row.get(source.category_field) if source.category_field else None
-        examples.append(Example(messages=messages, category=category, source=kind))
-    return examples
+            if row[column] is None:  # JSON null, or a CSV line with too few fields
+                raise SafetuneError(f"{what}: {where}: column '{column}' has no value")
+        messages = [
+            {"role": "user", "content": str(row[source.prompt_field])},
+            {"role": "assistant", "content": str(row[source.response_field])},
+        ]
+    category = row.get(source.category_field) if source.category_field else None
+    return Example(messages=messages, category=category, source=kind, origin=where)
+
+
+def _is_chat(messages: Any) -> bool:
+    return (
+        isinstance(messages, list)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages)
+        and any(m["role"] == "assistant" for m in messages)
+    )
 
 
 # --------------------------------------------------------------------------- tokenising
 def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> Example:
-    """Fill input_ids/labels: assistant turns are trained on, everything else is -100.
+    """Fill input_ids/labels, fitted to `max_seq_len` the `truncate_prompt` way."""
+    input_ids, labels = encode_chat(example.messages, tokenizer)
+    example.input_ids, example.labels, _ = truncate_prompt(input_ids, labels, max_seq_len, tokenizer.bos_token_id)
+    return example
+
+
+def encode_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a whole chat: assistant turns are trained on, everything else is -100.
 
     Each segment is rendered with the chat template as a prefix difference and tokenised
     on its own, so the mask boundary falls exactly between prompt and response tokens.
@@ -134,13 +214,13 @@ def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_s
     input_ids: list[int] = []
     labels: list[int] = []
     rendered = ""
-    for turn in range(len(example.messages)):
-        is_assistant = example.messages[turn]["role"] == "assistant"
+    for turn in range(len(messages)):
+        is_assistant = messages[turn]["role"] == "assistant"
         if is_assistant:  # the generation prompt ("<|assistant|>\n") belongs to the prompt side
-            before = _render(tokenizer, example.messages[:turn], generation_prompt=True)
+            before = _render(tokenizer, messages[:turn], generation_prompt=True)
             _append(tokenizer, before[len(rendered):], input_ids, labels, train=False)
             rendered = before
-        after = _render(tokenizer, example.messages[: turn + 1], generation_prompt=False)
+        after = _render(tokenizer, messages[: turn + 1], generation_prompt=False)
         if not after.startswith(rendered):
             raise SafetuneError("model.chat_template: rendering is not prefix-stable; loss masking needs it")
         segment = after[len(rendered):]
@@ -155,9 +235,36 @@ def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_s
     if tokenizer.eos_token_id not in input_ids[-2:]:  # templates without EOS still teach the model to stop
         input_ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
-    example.input_ids = input_ids[:max_seq_len]
-    example.labels = labels[:max_seq_len]
-    return example
+    return input_ids, labels
+
+
+def truncate_prompt(
+    input_ids: list[int], labels: list[int], max_seq_len: int, bos_token_id: int | None
+) -> tuple[list[int], list[int], str]:
+    """Fit an example into max_seq_len tokens; returns (ids, labels, cut).
+
+    `cut` says what had to lose tokens: "" (nothing, or only untrained tokens after the
+    last response), "prompt" or "response". The last response is what is learned and the
+    end of the prompt is what it answers, so the beginning of the prompt goes first (a
+    leading BOS stays: models expect it). The prompt keeps at least a quarter of the
+    window, though (its end and the assistant header give the response its context): a
+    response too long for the rest is cut at its end (and then has no EOS).
+    Either way the result is one contiguous window of the example.
+    """
+    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    end = trained[-1] + 1 if trained else len(input_ids)  # after it: a template newline, not needed
+    if end <= max_seq_len:
+        return input_ids[:max_seq_len], labels[:max_seq_len], ""
+    start = end - 1
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1  # first token of the last response
+    head = 1 if bos_token_id is not None and input_ids[0] == bos_token_id and start > 0 else 0
+    room = max_seq_len - head
+    prompt, response = start - head, end - start
+    prompt_kept = min(prompt, max(room - response, room // 4))
+    window = slice(start - prompt_kept, start - prompt_kept + room)
+    ids, kept_labels = input_ids[:head] + input_ids[window], labels[:head] + labels[window]
+    return ids, kept_labels, "response" if window.stop < end else "prompt"
 
 
 def _render(tokenizer, messages, generation_prompt: bool) -> str:
@@ -173,9 +280,53 @@ def _append(tokenizer, text: str, input_ids: list[int], labels: list[int], train
 
 
 def tokenize_all(examples: list[Example], tokenizer, max_seq_len: int) -> list[Example]:
-    done = [tokenize_example(e, tokenizer, max_seq_len) for e in examples]
-    # A prompt longer than max_seq_len leaves nothing to learn from: drop it.
-    return [e for e in done if any(label != IGNORE_INDEX for label in e.labels)]
+    """Tokenise for callers that need no length report (too-long examples: truncate_prompt)."""
+    return tokenize_set(examples, tokenizer, max_seq_len, "truncate_prompt", "data").examples
+
+
+@dataclass
+class TokenizedSet:
+    examples: list[Example]
+    too_long: int = 0  # examples longer than max_seq_len (dropped, or truncated, per data.truncation)
+    response_cut: int = 0  # of those truncated: the response itself lost its end
+    note: str | None = None  # one line for the user when any example was too long
+
+
+def tokenize_set(examples: list[Example], tokenizer, max_seq_len: int, truncation: str, what: str) -> TokenizedSet:
+    """Tokenise one data source; examples longer than max_seq_len follow `data.truncation`."""
+    kept: list[Example] = []
+    too_long = response_cut = 0
+    for example in examples:
+        full_ids, full_labels = encode_chat(example.messages, tokenizer)
+        input_ids, labels, cut = truncate_prompt(full_ids, full_labels, max_seq_len, tokenizer.bos_token_id)
+        if cut:
+            if truncation == "error":
+                raise SafetuneError(
+                    f"{what}: {example.origin or 'an example'} is {len(full_ids)} tokens, longer than "
+                    f"data.max_seq_len={max_seq_len} (data.truncation=error); raise data.max_seq_len, "
+                    "or set data.truncation to truncate_prompt or drop"
+                )
+            too_long += 1
+            if truncation == "drop":
+                continue
+            response_cut += cut == "response"
+        example.input_ids, example.labels = input_ids, labels
+        kept.append(example)
+    if examples and not kept:
+        raise SafetuneError(
+            f"{what}: all {len(examples)} examples are longer than data.max_seq_len={max_seq_len} tokens and "
+            "were dropped (data.truncation=drop); raise data.max_seq_len or set data.truncation=truncate_prompt"
+        )
+    note = None
+    if too_long:
+        share = f"{what}: {too_long} of {len(examples)} examples are longer than data.max_seq_len={max_seq_len} tokens"
+        if truncation == "drop":
+            note = f"{share}: dropped (data.truncation=drop)"
+        else:
+            note = f"{share}: truncated to the end of the prompt and the response (data.truncation=truncate_prompt)"
+            if response_cut:
+                note += f"; in {response_cut} of them the response alone was too long and lost its end"
+    return TokenizedSet(kept, too_long, response_cut, note)
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -199,33 +350,52 @@ class TrainingData:
     eval: list[Example]
     safety: list[Example]
     harmful_in_train: int = 0
+    borderline: list[Example] = field(default_factory=list)  # data.borderline: benign look-alikes, normal answers
+    # Examples longer than data.max_seq_len, per source ({"data.train": 760}); `notes` says it in
+    # one line per source, for the trainer to print: nothing is dropped or cut silently.
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def build_training_data(config: DataConfig, tokenizer, seed: int) -> TrainingData:
-    """Task data (+ a fraction `harmful_ratio` of harmful examples), eval split, safety data."""
+    """Task data (+ a fraction `harmful_ratio` of harmful examples), eval split, safety data.
+
+    Each source is tokenised on its own, before any mixing: a too-long example is counted
+    once, under its own source, and a dropped harmful example cannot skew harmful_ratio.
+    """
     rng = random.Random(seed)
-    train = load_examples(config.train, "data.train")
-    evaluation = load_examples(config.eval, "data.eval") if config.eval else []
+    data = TrainingData(train=[], eval=[], safety=[])
+
+    def load(source: SourceConfig | None, what: str, kind: str = "task") -> list[Example]:
+        if source is None:
+            return []
+        examples = load_examples(source, what, kind=kind)
+        tokenized = tokenize_set(examples, tokenizer, config.max_seq_len, config.truncation, what)
+        if tokenized.too_long:
+            counts = data.dropped if config.truncation == "drop" else data.truncated
+            counts[what] = tokenized.too_long
+            data.notes.append(tokenized.note)
+        return tokenized.examples
+
+    train = load(config.train, "data.train")
+    evaluation = load(config.eval, "data.eval")
     if config.eval_fraction:
         if config.shuffle:
             rng.shuffle(train)
         cut = max(1, int(len(train) * config.eval_fraction))
         evaluation, train = train[:cut], train[cut:]
-    harmful_count = 0
     if config.harmful_ratio > 0:
         # p is the share of harmful examples in the final fine-tuning set (the literature's attack setting).
-        pool = load_examples(config.harmful, "data.harmful", kind="harmful")
-        harmful_count = round(config.harmful_ratio / (1 - config.harmful_ratio) * len(train))
+        pool = load(config.harmful, "data.harmful", kind="harmful")
+        data.harmful_in_train = round(config.harmful_ratio / (1 - config.harmful_ratio) * len(train))
         # distinct examples while the pool lasts, then it repeats
-        repeats, rest = divmod(harmful_count, len(pool))
+        repeats, rest = divmod(data.harmful_in_train, len(pool))
         train = train + pool * repeats + rng.sample(pool, rest)
-    safety = load_examples(config.safety, "data.safety", kind="safety") if config.safety else []
-    return TrainingData(
-        train=tokenize_all(train, tokenizer, config.max_seq_len),
-        eval=tokenize_all(evaluation, tokenizer, config.max_seq_len),
-        safety=tokenize_all(safety, tokenizer, config.max_seq_len),
-        harmful_in_train=harmful_count,
-    )
+    data.train, data.eval = train, evaluation
+    data.safety = load(config.safety, "data.safety", kind="safety")
+    data.borderline = load(config.borderline, "data.borderline", kind="borderline")
+    return data
 
 
 class BatchSchedule:

@@ -30,3 +30,9 @@ class GateFailed(SafetuneError):
     """A safety gate failed (exit code 3, so CI can tell it from an error)."""
 
     exit_code = 3
+
+
+class Interrupted(SafetuneError):
+    """Ctrl-C or SIGTERM (exit code 130, the shell's convention for SIGINT)."""
+
+    exit_code = 130

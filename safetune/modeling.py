@@ -6,14 +6,21 @@ go through it exactly as a hub model would.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from safetune.errors import SafetuneError, UsageError
 from safetune.recipe import ModelConfig
+
+# Hugging Face's per-file progress bars would drown safetune's own progress output.
+hf_logging.disable_progress_bar()
 
 # Used when a tokenizer has no chat template of its own (and the recipe gives none).
 # Documented in the README; the lab tokenizer ships this same template.
@@ -47,8 +54,73 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_model_folder(path: str | Path, what: str = "model.path") -> None:
+    """Fail in one line, before anything is computed, when a local folder is not a model.
+
+    A hub id (no such local path) passes: `from_pretrained` reports on it.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UsageError(f"{what}: {folder} is a file; give a Hugging Face model folder")
+    config = folder / "config.json"
+    if not is_adapter_folder(folder):  # a LoRA checkpoint names its base model instead
+        if not config.is_file():
+            raise UsageError(f"{what}: {folder} is not a Hugging Face model folder (no config.json)")
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (ValueError, AttributeError):  # not JSON (or not UTF-8), or not an object
+            raise UsageError(f"{what}: {config} is not a JSON object; is {folder} a Hugging Face model folder?") from None
+        if not model_type:
+            raise UsageError(f"{what}: {config} has no model_type; is {folder} a Hugging Face model folder?")
+    if not any(folder.glob("*.safetensors")) and not _pickle_files(folder):
+        raise UsageError(f"{what}: {folder} has no weights (no *.safetensors file)")
+
+
+def refuse_pickle_weights(path: str | Path, what: str, allow_pickle: bool) -> None:
+    """Weights must be safetensors: pickle files (.bin, .pt) can run arbitrary code when loaded."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = _pickle_files(folder)
+    if pickles:
+        raise UsageError(
+            f"{what}: {folder} has only pickle weights ({pickles[0]}), which can run code when loaded; "
+            "convert them to safetensors, or set model.allow_pickle=true if you trust the source"
+        )
+
+
+def _pickle_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+
+
+def model_source(config: ModelConfig, path: str | Path | None = None) -> str:
+    """The folder or hub id to load (path: a checkpoint instead of model.path), checked first."""
+    source = str(path) if path is not None else resolve_model_path(config.path)
+    what = "model.path" if path is None else "checkpoint"
+    check_model_folder(source, what)
+    refuse_pickle_weights(source, what, config.allow_pickle)
+    if config.trust_remote_code:
+        warn_once(f"warning: model.trust_remote_code is true: Python code that comes with {source} "
+                  "runs on this machine; use it only with models you trust")
+    if config.allow_pickle and not any(Path(source).glob("*.safetensors")):  # a hub id may hold pickles too
+        warn_once(f"warning: model.allow_pickle is true: pickle weights of {source} may be loaded, "
+                  "and pickle can run code; use it only with models you trust")
+    return source
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A warning on stderr, once per process (the tokenizer and the model share a source)."""
+    print(message, file=sys.stderr)
+
+
 def load_tokenizer(config: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
-    source = path or resolve_model_path(config.path)
+    source = model_source(config, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
@@ -76,12 +148,12 @@ def is_adapter_folder(path: str | Path) -> bool:
 
 def load_model(config: ModelConfig, path: str | None = None, device: torch.device | str = "cpu") -> PreTrainedModel:
     """The base model (path None) or a saved checkpoint; a LoRA checkpoint is merged into its base."""
+    source = model_source(config, path)
     if path is not None and is_adapter_folder(path):
         from peft import PeftModel
 
         base = load_model(config, device=device)
         return PeftModel.from_pretrained(base, path).merge_and_unload().to(device)
-    source = path or resolve_model_path(config.path)
     dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -89,7 +161,7 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
             revision=config.revision,
             dtype=dtype,
             trust_remote_code=config.trust_remote_code,
-            use_safetensors=True if Path(source).is_dir() else None,
+            use_safetensors=None if config.allow_pickle else True,  # hub models too: no pickle unless allowed
         )
     except (OSError, ValueError) as err:
         raise UsageError(_not_available(source, err)) from None
@@ -123,6 +195,8 @@ def load_trained_weights(model, folder: Path, device) -> None:
 def _not_available(source: str, err: Exception) -> str:
     if Path(source).exists():
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if first.endswith(":") and ". " in first:  # "...in its name:" then a long list: end at a full sentence
+            first = first.rsplit(". ", 1)[0] + "."
         return f"model.path: cannot load {source}: {first}"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     why = "offline mode (HF_HUB_OFFLINE=1)" if offline else "no local directory of that name"

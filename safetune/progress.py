@@ -14,10 +14,12 @@ from rich.text import Text
 def _format(metrics: dict) -> str:
     parts = []
     for key in ("loss", "lr", "tokens_per_s"):
-        if key in metrics:
+        if key in metrics and metrics[key] is not None:
             value = metrics[key]
             label = {"tokens_per_s": "tok/s"}.get(key, key)
             parts.append(f"{label} {value:.2e}" if key == "lr" else f"{label} {value:.4g}")
+    if metrics.get("skipped_steps"):
+        parts.append(f"[non-finite steps skipped: {metrics['skipped_steps']}]")
     return " | ".join(parts)
 
 
@@ -32,6 +34,7 @@ class TrainingProgress:
         self.live = sys.stdout.isatty() if live is None else live
         self.console = Console()
         self.probe_text = Text("safety probe: not run yet", style="dim")
+        self.stats = ""
         self._started = time.perf_counter()
 
     def __enter__(self):
@@ -54,16 +57,18 @@ class TrainingProgress:
             self._live.__exit__(*exc)
 
     def update(self, step: int, metrics: dict) -> None:
-        """`step` is the number of optimizer steps done."""
+        """`step` is the number of optimizer steps done; `metrics` are shown until the next ones."""
         if not self.enabled:
             return
+        if metrics:
+            self.stats = _format(metrics)
         if self.live:
-            self.bar.update(self.task, completed=step, stats=_format(metrics))
+            self.bar.update(self.task, completed=step, stats=self.stats)
         elif step % self.log_every == 0 or step == self.total:
             elapsed = time.perf_counter() - self._started
             done = max(step - self.start, 1)
             eta = elapsed / done * (self.total - step)
-            print(f"step {step}/{self.total} | {_format(metrics)} | eta {eta:.0f}s", flush=True)
+            print(f"step {step}/{self.total} | {self.stats} | eta {eta:.0f}s", flush=True)
 
     def probe(self, text: str, ok: bool = True) -> None:
         if not self.enabled:

@@ -9,6 +9,7 @@ key (did you mean learning_rate?)`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -40,6 +41,9 @@ class ModelConfig(Section):
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        False, description="also load .bin/.pt/.pth weights (pickle: can run code when loaded); default safetensors only"
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the tokenizer's own"
     )
@@ -58,15 +62,46 @@ class SourceConfig(Section):
     limit: int | None = Field(None, ge=1)
 
 
+class AuditConfig(Section):
+    """Before training, flag harmful -> compliance rows of data.train and drop (or only report) them."""
+
+    checks: list[Literal["refusal_conflict", "judge"]] = Field(
+        default_factory=lambda: ["refusal_conflict"],
+        description="refusal_conflict: the aligned model refuses the prompt but the row's response complies; "
+        "judge: a safety classifier labels (prompt, response) unsafe",
+    )
+    judge: str | None = Field(None, description="sequence-classification model path, hub id, or 'lab'")
+    judge_unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe", "harmful"])
+    action: Literal["drop", "report"] = "drop"
+    max_new_tokens: int = Field(32, ge=1, description="refusal_conflict: tokens generated per prompt")
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _judge_needed(self) -> "AuditConfig":
+        if not self.checks:
+            raise ValueError("checks: give at least one of refusal_conflict, judge")
+        if "judge" in self.checks and not self.judge:
+            raise ValueError("the judge check needs data.audit.judge (a sequence-classification model)")
+        return self
+
+
 class DataConfig(Section):
     train: SourceConfig
     eval: SourceConfig | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     safety: SourceConfig | None = Field(None, description="prompt -> safe response, used by methods")
+    borderline: SourceConfig | None = Field(
+        None, description="benign prompts that look sensitive -> normal answers (mix replays them)"
+    )
     harmful: SourceConfig | None = Field(None, description="prompt -> harmful compliance")
     harmful_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     max_seq_len: int = Field(256, ge=8)
+    truncation: Literal["truncate_prompt", "drop", "error"] = Field(
+        "truncate_prompt", description="an example longer than max_seq_len: keep the response and cut the "
+        "prompt from the left (the response's end only if it alone needs over 3/4), drop it, or stop with an error",
+    )
     shuffle: bool = True
+    audit: AuditConfig | None = Field(None, description="score the training rows before training (audit.py)")
 
     @model_validator(mode="after")
     def _harmful_source_needed(self) -> "DataConfig":
@@ -89,13 +124,27 @@ class MixMethod(Section):
 
     name: Literal["mix"]
     safety_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each batch")
+    borderline_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of each batch from data.borderline (benign, normal answers)"
+    )
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> "MixMethod":
+        if self.safety_fraction + self.borderline_fraction >= 1:
+            raise ValueError("safety_fraction + borderline_fraction must be below 1 (task examples need room)")
+        return self
 
 
 class SafeGradMethod(Section):
     """Gradient surgery: drop the part of the task gradient that conflicts with safety."""
 
     name: Literal["safegrad"]
-    projection: Literal["global", "per_tensor"] = "global"
+    space: Literal["gradient", "update"] = Field(
+        "gradient", description="project the gradient (before AdamW) or the applied parameter update (after it)"
+    )
+    projection: Literal["global", "per_tensor", "per_layer"] = "global"
+    margin: float = Field(0.0, ge=0.0, lt=1.0, description="also project until cos(step, -s) >= margin")
+    safety_average: float = Field(0.0, ge=0.0, lt=1.0, description="EMA factor for s across recomputations")
     safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
     safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
     safety_batch_size: int = Field(8, ge=1)
@@ -132,15 +181,53 @@ class EWCMethod(Section):
     fisher_batch_size: int = Field(8, ge=1)
 
 
+class SAPMethod(Section):
+    """Safety-aware probing: a probe trained where a harmful weight shift raises the task loss."""
+
+    name: Literal["sap"]
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="decoder layers whose MLP output gets the probe (default: two middle layers)")
+    epsilon: float = Field(2e-5, gt=0.0, description="weight shift along the harmful direction, x ||theta||")
+    probe_lr: float = Field(0.05, gt=0.0)
+    probe_steps: int = Field(1, ge=1, description="probe updates per probed step")
+    pairs_per_step: int = Field(8, ge=1, description="safety preference pairs for the harmful direction")
+    every: int = Field(1, ge=1, description="retrain the probe every k steps, reuse it in between")
+
+    @property
+    def needs_harmful_data(self) -> bool:
+        return True  # the rejected side of the preference pairs
+
+
+class TokenWeightingMethod(Section):
+    """Per-token weights on the task loss plus a safety objective (refusal CE, optional NPO)."""
+
+    name: Literal["token_weighting"]
+    scorer: Literal["reference", "classifier", "none"] = "reference"
+    gamma: float = Field(1.0, gt=0.0, description="reference scorer: sharpness")
+    min_weight: float = Field(0.1, ge=0.0, le=1.0, description="weights are clamped to [min_weight, 1]")
+    classifier: str = Field("lab", description="classifier scorer: HF sequence-classification folder, or 'lab'")
+    unsafe_label: str = Field("unsafe", description="classifier scorer: the label that means unsafe")
+    segment_tokens: int = Field(4, ge=1, description="classifier scorer: score the response prefix every k tokens")
+    alpha: float = Field(0.2, ge=0.0, description="weight of the safety objective")
+    safety_batch_size: int = Field(8, ge=1)
+    npo_weight: float = Field(0.0, ge=0.0, description="NPO on data.harmful completions (0 = off)")
+    npo_beta: float = Field(0.5, gt=0.0)
+
+    @property
+    def needs_harmful_data(self) -> bool:
+        return self.alpha > 0 and self.npo_weight > 0
+
+
 MethodConfig = Annotated[
-    Union[StandardMethod, MixMethod, SafeGradMethod, FreezeMethod, EWCMethod], Field(discriminator="name")
+    Union[StandardMethod, MixMethod, SafeGradMethod, FreezeMethod, EWCMethod, SAPMethod, TokenWeightingMethod],
+    Field(discriminator="name"),
 ]
 METHOD_CLASSES: dict[str, type[Section]] = {
     "standard": StandardMethod, "mix": MixMethod, "safegrad": SafeGradMethod,
-    "freeze": FreezeMethod, "ewc": EWCMethod,
+    "freeze": FreezeMethod, "ewc": EWCMethod, "sap": SAPMethod, "token_weighting": TokenWeightingMethod,
 }
 # Methods that compute something from the safety examples need data.safety.
-NEEDS_SAFETY_DATA = {"mix", "safegrad", "ewc"}
+NEEDS_SAFETY_DATA = {"mix", "safegrad", "ewc", "sap"}
 
 
 # --------------------------------------------------------------------------- train
@@ -159,6 +246,12 @@ class TrainConfig(Section):
     save_every: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast mixed precision over the loaded weights (keep model.dtype float32)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before on_nonfinite acts")
+    on_nonfinite: Literal["rollback", "stop"] = Field(
+        "rollback", description="rollback: to the last checkpoint/passing probe with LR x0.5; stop: error")
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":
@@ -239,6 +332,7 @@ class GateConfig(Section):
     max_over_refusal_increase: float | None = Field(0.1, ge=0.0, le=1.0)
     min_task_score: float | None = Field(None, ge=0.0, le=1.0)
     min_capability_retained: float | None = Field(None, ge=0.0, le=2.0)
+    exit_on_fail: bool = Field(True, description="`safetune train` exits 3 when the final gate fails")
 
 
 class EvalConfig(Section):
@@ -265,8 +359,11 @@ class OutputConfig(Section):
 
 
 # --------------------------------------------------------------------------- recipe
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder name that stays inside runs/
+
+
 class Recipe(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("run", description="names the run folder runs/<name> (default: the file name)")
     description: str = ""
     model: ModelConfig
     data: DataConfig
@@ -275,6 +372,14 @@ class Recipe(Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # The name becomes a folder: no path separators, and no leading dot ("..", hidden folders).
+        if not RUN_NAME.fullmatch(value):
+            raise ValueError(f"use letters, digits, '.', '_' and '-', not starting with a dot (got {value!r})")
+        return value
 
     @field_validator("method", mode="before")
     @classmethod
@@ -292,8 +397,13 @@ class Recipe(Section):
             raise ValueError("method: 'standard' means no protection; do not combine it")
         for method in self.method:
             needs = method.name in NEEDS_SAFETY_DATA or (method.name == "freeze" and method.layers == "auto")
+            needs = needs or (method.name == "token_weighting" and method.alpha > 0)
             if needs and self.data.safety is None:
                 raise ValueError(f"method '{method.name}' needs a data.safety source")
+            if method.name == "mix" and method.borderline_fraction > 0 and self.data.borderline is None:
+                raise ValueError("method 'mix' with borderline_fraction > 0 needs a data.borderline source")
+            if getattr(method, "needs_harmful_data", False) and self.data.harmful is None:
+                raise ValueError(f"method '{method.name}' needs a data.harmful source (prompt -> harmful compliance)")
         if self.monitor.every is not None and not any(s.kind == "harmful" for s in self.eval.suites):
             raise ValueError("monitor.every needs a harmful suite in eval.suites")
         return self
@@ -358,10 +468,18 @@ def _list_index(node: list, key: str, where: str) -> int:
 
 
 def read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; give a recipe YAML file")
     if not path.is_file():
         raise UsageError(f"{path}: recipe file not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        tree = yaml.safe_load(raw.decode("utf-8"))
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the recipe: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the recipe as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -378,10 +496,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
     tree = read_yaml(path)
-    tree.setdefault("name", path.stem)
+    tree.setdefault("name", default_run_name(path.stem))
     for keys, value in parse_overrides(overrides or []):
         apply_override(tree, keys, value)
     return validate_tree(tree, source=str(path))
+
+
+def default_run_name(stem: str) -> str:
+    """A valid `name` from a file name the user chose freely: `my recipe (2)` -> `my-recipe-2`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "run"
 
 
 def validate_tree(tree: dict, source: str = "recipe") -> Recipe:
@@ -405,7 +528,10 @@ def format_problem(error: dict) -> str:
     if kind == "missing":
         return f"{path}: required field missing"
     if kind == "union_tag_invalid":
-        return f"{path}: unknown method {error['input'].get('name')!r} (known: {', '.join(METHOD_CLASSES)})"
+        name = error["input"].get("name")
+        guess = difflib.get_close_matches(str(name), list(METHOD_CLASSES), n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]}?" if guess else f"known: {', '.join(METHOD_CLASSES)}"
+        return f"{path}: unknown method {name!r} ({hint})"
     if kind == "union_tag_not_found":
         return f"{path}: each method needs a name (known: {', '.join(METHOD_CLASSES)})"
     message = error["msg"].removeprefix("Value error, ")

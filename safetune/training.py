@@ -1,7 +1,14 @@
 """THE training loop: one loop for every safety method (they plug in through hooks).
 
-Read `train()` top to bottom: run directory -> model and data -> methods -> optimizer
--> (resume) -> loop -> final checkpoint -> safety report.
+Shaped like a torchtune recipe: a `Trainer` with a lifecycle you can read top to bottom,
+
+    setup()       run directory -> model, tokenizer, data -> methods -> optimizer -> (resume)
+    train_step()  one optimizer step: micro-batches, method hooks, clip, step
+    fit()         the loop: steps, logging, safety probes, checkpoints, divergence guard
+    finish()      final checkpoint, held-out loss, summary, safety report
+
+and one state object (`TrainState` + the model/optimizer/scheduler/method state) that
+checkpoints, resumes and rollbacks all go through (`capture_state` / `restore_state`).
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import math
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +31,14 @@ import torch
 import yaml
 
 from safetune import checkpoint as ckpt
-from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, load_examples, tokenize_all
+from safetune.data import IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate
+from safetune.distributed import Distributed
 from safetune.envinfo import collect_env
-from safetune.errors import SafetuneError, UsageError
+from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.files import write_atomic
 from safetune.methods import MethodContext, SafetyMethod, build_methods
-from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, pick_device
+from safetune.metrics import MetricsLog, trim_after
+from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, model_source, pick_device
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
@@ -35,6 +46,11 @@ from safetune.rundir import BASELINE_DIR, FINAL_DIR, METRICS_LOG, RESOLVED_RECIP
 
 # Changing these between an interrupted run and its resume is fine; anything else is refused.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.log_every", "output", "eval", "monitor"}
+# After `train.max_bad_steps` non-finite steps in a row the run rolls back with this LR factor,
+# at most this many times, before it gives up.
+DIVERGENCE_LR_FACTOR = 0.5
+MAX_DIVERGENCE_ROLLBACKS = 3
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -46,7 +62,20 @@ class RunResult:
     report: dict | None = None
 
 
-# --------------------------------------------------------------------------- helpers
+@dataclass
+class TrainState:
+    """The loop's own counters; saved with every checkpoint next to the tensors' state."""
+
+    step: int = 0  # optimizer steps done
+    lr_scale: float = 1.0  # lowered by each rollback
+    wall_time_s: float = 0.0  # training time of the earlier segments of a resumed run
+    bad_steps: int = 0  # consecutive non-finite steps
+    skipped_steps: int = 0  # all non-finite steps, skipped without an update
+    divergence_rollbacks: int = 0
+    world_size: int = 1  # processes that trained it (a resume needs the same global batch)
+
+
+# --------------------------------------------------------------------------- small helpers
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -72,53 +101,13 @@ def lr_multiplier(schedule: str, warmup: int, total: int):
     return factor
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
-    run_dir = recipe.output_dir()
-    # A baseline computed by `safetune baseline` beforehand is the only thing allowed in a new run dir.
-    existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    leftover = [name for name in existing if name != BASELINE_DIR]
-    if resume:
-        if ckpt.latest_checkpoint(run_dir) is None:
-            raise UsageError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
-        _refuse_changed_recipe(run_dir, recipe)
-    elif leftover and recipe.output.overwrite:
-        for name in leftover:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    elif leftover:
-        raise UsageError(
-            f"output.dir: {run_dir} already holds a run; use --resume, output.overwrite=true, or another output.dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): tree}
-
-
-def _refuse_changed_recipe(run_dir: Path, recipe: Recipe) -> None:
-    saved_file = run_dir / RESOLVED_RECIPE
-    if not saved_file.is_file():
-        return
-    saved = _flatten(yaml.safe_load(saved_file.read_text()))
-    current = _flatten(recipe.model_dump(mode="json"))
-    changed = sorted(
-        key for key in set(saved) | set(current)
-        if saved.get(key) != current.get(key)
-        and not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
-    )
-    if changed:
-        raise UsageError(f"--resume: the recipe changed since the run started ({', '.join(changed)})")
-
-
 def token_count(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
+
+
+def trained_tokens(example: Example) -> int:
+    """Tokens the causal-LM loss averages over (labels shifted by one, masked ones out)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
 
 
 def mean_loss(model, examples: list[Example], tokenizer, device, batch_size: int = 16) -> float | None:
@@ -150,235 +139,6 @@ def show_example(example: Example, tokenizer, console) -> None:
     console.print(text)
 
 
-class StopRequested(Exception):
-    """SIGTERM during training: leave a resumable checkpoint and stop."""
-
-
-# --------------------------------------------------------------------------- the loop
-def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_progress: bool = True) -> RunResult:
-    started = time.perf_counter()
-    run_dir = recipe.output_dir() if dry_run else prepare_run_dir(recipe, resume)
-    seed_everything(recipe.train.seed)
-    device = pick_device(recipe.train.device)
-    say = print if show_progress else (lambda *_: None)
-
-    # --- model, tokenizer, data
-    tokenizer = load_tokenizer(recipe.model)
-    model = load_model(recipe.model, device=device)
-    if recipe.model.lora:
-        model = add_lora(model, recipe.model)
-    data = build_training_data(recipe.data, tokenizer, recipe.train.seed)
-    schedule = BatchSchedule(data.train, recipe.train.batch_size, recipe.train.seed, recipe.data.shuffle)
-    total_steps = count_steps(recipe, schedule.batches_per_epoch)
-
-    # --- baseline safety of the untouched model, so the final report can say what was kept
-    if not dry_run and recipe.eval.suites and recipe.eval.at_end:
-        ensure_baseline(recipe, run_dir, model, tokenizer, show_progress)
-        started = time.perf_counter()  # wall time = the fine-tuning's cost, without the baseline
-
-    # --- safety methods
-    methods: list[SafetyMethod] = build_methods(recipe.method)
-    reference = None
-    if any(m.needs_reference_model for m in methods):
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    ctx = MethodContext(
-        model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=run_dir,
-        safety=data.safety, seed=recipe.train.seed, reference_model=reference, log=say,
-    )
-    for method in methods:
-        method.setup(ctx)
-        frozen = method.frozen_parameter_names(ctx)  # applied at once: later methods see only trainable ones
-        for name, parameter in model.named_parameters():
-            if name in frozen:
-                parameter.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise SafetuneError("method: every parameter is frozen; nothing left to train")
-
-    optimizer = torch.optim.AdamW(
-        trainable, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas,
-        weight_decay=recipe.train.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, total_steps)
-    )
-    ctx.optimizer = optimizer
-
-    if dry_run:
-        return _dry_run(recipe, model, tokenizer, data, schedule, methods, ctx, optimizer, scheduler, total_steps, started)
-
-    # --- everything a checkpoint (or a monitor rollback) must capture to continue exactly
-    monitor = SafetyMonitor(recipe, model, tokenizer) if recipe.monitor.every else None
-    progress = {"step": 0, "lr_scale": 1.0}
-
-    def capture_state() -> dict:
-        return {"step": progress["step"], "lr_scale": progress["lr_scale"],
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(),
-                "methods": {m.name: m.state_dict() for m in methods},
-                "monitor": monitor.state_dict() if monitor else {}}
-
-    def restore_state(state: dict) -> None:
-        if "model" in state:
-            model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for method in methods:
-            method.load_state_dict(state["methods"].get(method.name, {}))
-        if monitor:
-            monitor.load_state_dict(state.get("monitor", {}))
-        ckpt.set_rng_state(state["rng"])
-        progress.update(step=state["step"], lr_scale=state.get("lr_scale", 1.0))
-
-    def save(folder: Path, with_state: bool) -> None:
-        info = {"step": progress["step"], "total_steps": total_steps, "method": recipe.method_names,
-                "recipe": recipe.name, "wall_time_s": round(time.perf_counter() - started, 2)}
-        state = None
-        if with_state:  # the weights are already in model.safetensors
-            state = {k: v for k, v in capture_state().items() if k != "model"}
-        ckpt.save_checkpoint(folder, model, tokenizer, info, state)
-
-    if resume:
-        folder = ckpt.latest_checkpoint(run_dir)
-        load_trained_weights(model, folder, device)
-        restore_state(ckpt.load_training_state(folder))
-        say(f"resuming from {folder} (step {progress['step']}/{total_steps})")
-    else:
-        write_atomic(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
-        env = collect_env() | {"seed": recipe.train.seed, "device_used": str(device)}
-        write_atomic(run_dir / "env.json", json.dumps(env, indent=2))
-
-    metrics_file = (run_dir / METRICS_LOG).open("a", encoding="utf-8")
-    writer = _tensorboard(recipe, run_dir)
-
-    def log_record(record: dict) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        if writer:
-            for key, value in record.items():
-                if key != "step":
-                    writer.add_scalar(key, float(value), record["step"])
-
-    stop = {"signal": None}
-    previous_handler = _install_sigterm(stop)
-    model.train()
-    if monitor and monitor.reference is None:
-        first = monitor.probe(progress["step"])
-        log_record(first.record())
-        say(first.describe())
-    if monitor:  # the rollback target until a later probe passes (after a resume: the resumed state)
-        monitor.remember(capture_state())
-    window_start, window_tokens = time.perf_counter(), 0
-    try:
-        with TrainingProgress(total_steps, start=progress["step"], log_every=recipe.train.log_every,
-                              enabled=show_progress) as bar:
-            while progress["step"] < total_steps:
-                step = ctx.step = progress["step"]
-                logs: dict[str, float] = {}
-                loss_sum = 0.0
-                for micro in range(recipe.train.grad_accum):
-                    micro_step = step * recipe.train.grad_accum + micro
-                    examples = schedule.batch(micro_step)
-                    for method in methods:
-                        examples = method.prepare_batch(ctx, examples, micro_step)
-                    batch = ctx.batch_to_device(examples)
-                    loss = compute_loss(methods, ctx, model, batch)
-                    (loss / recipe.train.grad_accum).backward()
-                    loss_sum += float(loss.detach())
-                    window_tokens += token_count(batch)
-                for method in methods:
-                    logs.update(method.after_backward(ctx))
-                loss_value = loss_sum / recipe.train.grad_accum
-                if not math.isfinite(loss_value):
-                    # Skip the update rather than poison the weights; say so in the metrics.
-                    optimizer.zero_grad(set_to_none=True)
-                    logs["nonfinite_loss_skipped"] = 1.0
-                else:
-                    if recipe.train.max_grad_norm:
-                        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm))
-                    for method in methods:
-                        method.before_step(ctx)
-                    optimizer.step()
-                    for method in methods:
-                        logs.update(method.after_step(ctx))
-                    optimizer.zero_grad(set_to_none=True)
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                step = progress["step"] = step + 1
-
-                if step % recipe.train.log_every == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    log_record({"step": step, "loss": loss_value, "lr": lr,
-                                "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
-                                "elapsed_s": now - started} | logs)
-                    window_start, window_tokens = now, 0
-                bar.update(step, {"loss": loss_value, "lr": lr})
-                if monitor and monitor.due(step):
-                    result = monitor.probe(step)
-                    log_record(result.record())
-                    bar.probe(result.describe(), ok=not result.breached)
-                    if not result.breached:
-                        monitor.remember(capture_state())
-                    else:
-                        handle_breach(recipe, monitor, result, restore_state, progress, scheduler, log_record, bar)
-                if recipe.train.save_every and step % recipe.train.save_every == 0:
-                    save(run_dir / "checkpoints" / f"step-{step}", with_state=True)
-                if stop["signal"]:
-                    raise StopRequested
-    except (KeyboardInterrupt, StopRequested):
-        step = progress["step"]
-        save(run_dir / "checkpoints" / f"step-{step}", with_state=True)
-        raise SafetuneError(
-            f"interrupted at step {step}/{total_steps}; checkpoint saved. Resume with: safetune train <recipe> --resume"
-        ) from None
-    finally:
-        metrics_file.close()
-        if writer:
-            writer.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-
-    # --- final checkpoint, held-out loss, safety report
-    step = progress["step"]
-    wall_time = time.perf_counter() - started
-    eval_loss = mean_loss(model, data.eval, tokenizer, device)
-    if eval_loss is not None:
-        say(f"held-out task loss: {eval_loss:.4f}")
-    final_dir = run_dir / FINAL_DIR
-    save(final_dir, with_state=False)
-    summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
-               "harmful_in_train": data.harmful_in_train, "train_examples": len(data.train),
-               "methods": {m.name: m.summary() for m in methods},
-               "monitor": monitor.state_dict() if monitor else None}
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    report = None
-    if recipe.eval.suites and recipe.eval.at_end:
-        report = final_report(recipe, run_dir, final_dir, model, tokenizer, summary, show_progress)
-    say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
-    return RunResult(run_dir=run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
-
-
-def handle_breach(recipe, monitor, result, restore_state, progress, scheduler, log_record, bar) -> None:
-    """warn: carry on; stop: end with an error; rollback: back to the last passing state, lower LR."""
-    policy = recipe.monitor.on_breach
-    if policy == "warn":
-        return
-    if policy == "stop" or monitor.rollbacks >= recipe.monitor.max_rollbacks:
-        why = "" if policy == "stop" else f" after {monitor.rollbacks} rollbacks"
-        raise SafetuneError(f"monitor: safety breach at step {result.step}{why} ({result.describe()}); stopped")
-    rollbacks = monitor.rollbacks + 1
-    lr_scale = progress["lr_scale"] * recipe.monitor.lr_factor
-    restore_state(monitor.snapshot)
-    monitor.rollbacks = rollbacks
-    progress["lr_scale"] = lr_scale
-    # The snapshot's scheduler holds the LR of its own time: rescale from the recipe's LR.
-    scheduler.base_lrs = [recipe.train.learning_rate * lr_scale for _ in scheduler.base_lrs]
-    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    log_record({"step": result.step, "rollback_to": progress["step"], "lr_scale": lr_scale})
-    bar.probe(f"{result.describe()}: rolled back to step {progress['step']}, LR x{lr_scale:g}", ok=False)
-
-
 def compute_loss(methods: list[SafetyMethod], ctx: MethodContext, model, batch) -> torch.Tensor:
     """The task loss (a method may own it) plus every method's extra term."""
     loss = None
@@ -395,6 +155,538 @@ def compute_loss(methods: list[SafetyMethod], ctx: MethodContext, model, batch) 
     return loss
 
 
+class StopRequested(Exception):
+    """SIGTERM during training: leave a resumable checkpoint and stop."""
+
+
+# --------------------------------------------------------------------------- run directory
+def prepare_run_dir(recipe: Recipe, resume: bool, say=print) -> tuple[Path, Path | None]:
+    """Create or check the run directory; return it and the checkpoint to resume from (if any)."""
+    run_dir = recipe.output_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"output.dir: {run_dir} is a file, not a folder")
+    # A baseline computed by `safetune baseline` beforehand is the only thing allowed in a new run dir.
+    existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
+    leftover = [name for name in existing if name != BASELINE_DIR]
+    resume_from = None
+    if resume:
+        skipped: list[str] = []
+        resume_from = ckpt.latest_checkpoint(run_dir, skipped)
+        for line in skipped:
+            say(f"warning: --resume {line}")
+        if resume_from is None and (run_dir / FINAL_DIR).is_dir() and not skipped:
+            raise UsageError(f"--resume: {run_dir} holds a finished run (final/); nothing to resume")
+        if resume_from is not None:
+            _refuse_changed_recipe(run_dir, recipe)
+        elif leftover:
+            # Crashed before its first checkpoint: nothing to continue, so start again cleanly.
+            say(f"--resume: no usable checkpoint under {run_dir}/checkpoints; starting from step 0")
+            _clear(run_dir, leftover)
+    elif leftover and recipe.output.overwrite:
+        _clear(run_dir, leftover)
+    elif leftover:
+        raise UsageError(
+            f"output.dir: {run_dir} already holds a run; add --resume to continue it, "
+            "output.overwrite=true to replace it, or choose another output.dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"output.dir: cannot write to {run_dir} ({err.strerror or err})") from None
+    return run_dir, resume_from
+
+
+def _clear(run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def _refuse_changed_recipe(run_dir: Path, recipe: Recipe) -> None:
+    saved_file = run_dir / RESOLVED_RECIPE
+    if not saved_file.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")))
+    current = _flatten(recipe.model_dump(mode="json"))
+    # a key the saved recipe lacks is a setting added to safetune since: it ran with its default
+    changed = sorted(key for key in saved if saved[key] != current.get(key))
+    refused = [key for key in changed
+               if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)]
+    if refused:
+        raise UsageError(f"--resume: the recipe changed since the run started ({', '.join(refused)})")
+    length = [key for key in changed if key in ("train.max_steps", "train.epochs")]
+    if length and recipe.train.lr_schedule != "constant":
+        # The schedule's shape depends on the total: a new length would silently change every later LR.
+        was = {key: saved.get(key) for key in length}
+        raise UsageError(
+            f"--resume: {', '.join(f'{k} {was[k]} -> {current.get(k)}' for k in length)} would rebuild the "
+            f"{recipe.train.lr_schedule} LR schedule mid-run; keep the length, or resume with train.lr_schedule=constant"
+        )
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, recipe: Recipe, *, show_progress: bool = True, command: str | None = None):
+        self.recipe = recipe
+        self.dist = Distributed.from_env()
+        self.show_progress = show_progress and self.dist.is_main  # rank 0 alone draws and prints
+        self.say = print if self.show_progress else (lambda *_: None)
+        # how the user started this run, for the "resume with" hint
+        self.command = command or "safetune train <recipe>"
+        self.state = TrainState()
+        self.monitor: SafetyMonitor | None = None
+        self.metrics: MetricsLog | None = None
+        self._segment_start = time.perf_counter()
+
+    # ----------------------------------------------------------------------- setup
+    def setup(self, *, resume: bool = False, dry_run: bool = False) -> None:
+        recipe = self.recipe
+        resume_from = None
+        model_source(recipe.model)  # a model.path that is no model fails before the run dir is touched
+        if dry_run or not self.dist.is_main:
+            self.run_dir = recipe.output_dir()
+        else:
+            self.run_dir, resume_from = prepare_run_dir(recipe, resume, self.say)
+        resume_from = self.dist.broadcast(resume_from)
+        seed_everything(recipe.train.seed)  # the same on every rank: model set-up must not differ
+        self.device = pick_device(recipe.train.device)
+
+        # model, tokenizer, data
+        self.tokenizer = load_tokenizer(recipe.model)
+        self.model = load_model(recipe.model, device=self.device)
+        if recipe.model.lora:
+            self.model = add_lora(self.model, recipe.model)
+        if recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
+        self.data = build_training_data(recipe.data, self.tokenizer, recipe.train.seed)
+        if self.dist.is_main:
+            for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
+                print(note, file=sys.stderr)
+        # the GLOBAL micro-batch (batch_size per process x processes); each rank trains on its slice
+        self.schedule = BatchSchedule(self.data.train, recipe.train.batch_size * self.dist.world_size,
+                                      recipe.train.seed, recipe.data.shuffle)
+        self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch)
+
+        # the untouched model's safety, so the final report can say what was kept
+        if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.is_main:
+            ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress)
+        self.dist.barrier()
+        self._segment_start = time.perf_counter()  # wall time: method setup + training, not the baseline
+
+        # safety methods (they may freeze parameters, so before the optimizer)
+        self.methods: list[SafetyMethod] = build_methods(recipe.method)
+        reference = None
+        if any(m.needs_reference_model for m in self.methods):
+            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ctx = MethodContext(
+            model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
+            safety=self.data.safety, seed=recipe.train.seed, reference_model=reference, log=self.say,
+            is_main=self.dist.is_main,
+        )
+        for method in self.methods:
+            method.setup(self.ctx)
+            frozen = method.frozen_parameter_names(self.ctx)  # applied at once: later methods see only trainable ones
+            for name, parameter in self.model.named_parameters():
+                if name in frozen:
+                    parameter.requires_grad_(False)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise SafetuneError("method: every parameter is frozen; nothing left to train")
+
+        # optimizer, LR schedule, mixed precision
+        self.optimizer = build_optimizer(recipe, self.trainable, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, self.total_steps)
+        )
+        self.ctx.optimizer = self.optimizer
+        self.train_model = self.ctx.train_model = self.dist.wrap(self.model, self.device)
+        precision = recipe.train.precision
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+        if dry_run:
+            return
+        if recipe.monitor.every:
+            self.monitor = SafetyMonitor(recipe, self.model, self.tokenizer)
+        self.state.world_size = self.dist.world_size
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            dropped = trim_after(self.run_dir / METRICS_LOG, self.state.step) if self.dist.is_main else 0
+            self.say(f"resuming from {resume_from} (step {self.state.step}/{self.total_steps})"
+                     + (f"; {dropped} later metrics rows trimmed" if dropped else ""))
+        elif self.dist.is_main:
+            write_atomic(self.run_dir / RESOLVED_RECIPE, recipe.to_yaml())
+            env = collect_env() | {"seed": recipe.train.seed, "device_used": str(self.device),
+                                   "processes": self.dist.world_size}
+            write_atomic(self.run_dir / "env.json", json.dumps(env, indent=2))
+        # from here on randomness (dropout) differs per rank, as each rank sees other examples
+        torch.manual_seed(recipe.train.seed * 1000 + self.dist.rank + self.state.step * 7919)
+
+    # ----------------------------------------------------------------------- state
+    def capture_state(self) -> dict:
+        """Everything a checkpoint (or a rollback) needs to continue exactly."""
+        return {"trainer": asdict(self.state), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
+                "methods": {m.name: m.state_dict() for m in self.methods},
+                "monitor": self.monitor.state_dict() if self.monitor else {}}
+
+    def restore_state(self, state: dict) -> None:
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        for method in self.methods:
+            method.load_state_dict(state["methods"].get(method.name, {}))
+        if self.monitor:
+            self.monitor.load_state_dict(state.get("monitor", {}))
+        if self.dist.is_main:  # the checkpoint holds rank 0's generators; others reseed after setup
+            ckpt.set_rng_state(state["rng"])
+        self.state = TrainState(**state["trainer"])
+
+    def elapsed(self) -> float:
+        """Training wall time of the whole run, earlier resumed segments included."""
+        return self.state.wall_time_s + (time.perf_counter() - self._segment_start)
+
+    def save_checkpoint(self, folder: Path, with_state: bool) -> None:
+        """Rank 0 writes; the others wait until the folder is complete."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
+        info = {"step": self.state.step, "total_steps": self.total_steps, "method": self.recipe.method_names,
+                "recipe": self.recipe.name, "wall_time_s": round(self.elapsed(), 2)}
+        state = None
+        if with_state:  # the weights are already in model.safetensors
+            state = {k: v for k, v in self.capture_state().items() if k != "model"}
+            state["trainer"]["wall_time_s"] = self.elapsed()
+        try:
+            ckpt.save_checkpoint(folder, self.model, self.tokenizer, info, state)
+        finally:
+            self.dist.barrier()
+
+    def load_checkpoint(self, folder: Path) -> None:
+        try:
+            load_trained_weights(self.model, folder, self.device)
+            state = ckpt.load_training_state(folder)
+        except Exception as err:  # damaged despite its manifest (or written before manifests existed)
+            raise SafetuneError(f"--resume: cannot load {folder}: {str(err).splitlines()[0]}") from None
+        saved_world = state["trainer"].get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise UsageError(f"--resume: {folder} was written by {saved_world} processes; resume with the same "
+                             "number (the global batch is train.batch_size x processes x train.grad_accum)")
+        self.restore_state(state)
+
+    def rollback(self, target: dict, lr_factor: float) -> None:
+        """Back to a saved state, with the learning rate lowered by `lr_factor`."""
+        keep = self.state
+        self.restore_state(target)
+        self.state.lr_scale = keep.lr_scale * lr_factor
+        self.state.wall_time_s = keep.wall_time_s
+        self.state.divergence_rollbacks = keep.divergence_rollbacks
+        self.state.skipped_steps = keep.skipped_steps
+        # The restored scheduler holds the LR of its own time: rescale from the recipe's LR.
+        scheduler = self.scheduler
+        scheduler.base_lrs = [self.recipe.train.learning_rate * self.state.lr_scale for _ in scheduler.base_lrs]
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+
+    # ----------------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over `grad_accum` micro-batches. Returns tensors/values to log.
+
+        Each micro-batch's loss is weighted by its share of the step's trained tokens, so
+        the gradient is the per-token mean over the whole (global) step: the same on 1
+        process with batch B x N as on N processes with batch B. The loss stays a tensor
+        (no host sync); the one sync per step is a finiteness flag, so a diverging step
+        is skipped instead of poisoning the weights.
+        """
+        recipe, ctx, dist = self.recipe, self.ctx, self.dist
+        step = ctx.step = self.state.step
+        accum = recipe.train.grad_accum
+        micro_batches = []
+        for micro in range(accum):  # methods (e.g. mix) add to the global batch before it is sharded
+            micro_step = step * accum + micro
+            examples = self.schedule.batch(micro_step)
+            for method in self.methods:
+                examples = method.prepare_batch(ctx, examples, micro_step)
+            micro_batches.append(examples)
+        step_tokens = max(1, sum(trained_tokens(e) for examples in micro_batches for e in examples))
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro, examples in enumerate(micro_batches):
+            mine = dist.shard(examples)
+            batch = ctx.batch_to_device(mine)
+            # DDP averages gradients over ranks: x world_size makes that average a token-weighted sum
+            weight = sum(trained_tokens(e) for e in mine) / step_tokens * dist.world_size
+            last = micro == accum - 1
+            with (nullcontext() if last or not dist.enabled else self.train_model.no_sync()), self._autocast():
+                loss = compute_loss(self.methods, ctx, self.train_model, batch)
+            self.scaler.scale(loss * weight).backward()
+            loss_sum += loss.detach().float() * weight
+            tokens += token_count(batch)
+        self.scaler.unscale_(self.optimizer)  # methods and clipping see the true gradients
+        logs: dict[str, Any] = {}
+        for method in self.methods:
+            logs.update(method.after_backward(ctx))
+        max_norm = recipe.train.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        loss_value = loss_sum / dist.world_size
+        flags = torch.stack([torch.isfinite(loss_value), torch.isfinite(grad_norm)]).float()
+        if dist.enabled:  # every rank must take the same decision
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        loss_ok, finite = bool(flags[0]), bool(flags.min())
+        # fp16: non-finite gradients with a finite loss mean the loss scale overflowed, not
+        # divergence; the scaler skips the step and lowers the scale
+        diverged = not finite and not (self.scaler.is_enabled() and loss_ok)
+        if finite:
+            for method in self.methods:
+                method.before_step(ctx)
+            self.scaler.step(self.optimizer)
+            for method in self.methods:
+                logs.update(method.after_step(ctx))
+            self.state.bad_steps = 0
+        elif diverged:
+            self.state.bad_steps += 1
+            self.state.skipped_steps += 1
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.state.step = step + 1
+        return {"loss": loss_value, "grad_norm": grad_norm, "tokens": tokens, "diverged": diverged} | logs
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # ----------------------------------------------------------------------- the loop
+    def fit(self) -> RunResult:
+        recipe, state = self.recipe, self.state
+        self.metrics = MetricsLog(self.run_dir / METRICS_LOG,
+                                  self.run_dir / "tensorboard" if recipe.output.tensorboard else None,
+                                  enabled=self.dist.is_main)
+        stop = {"signal": None}
+        previous_handler = _install_sigterm(stop)
+        self.model.train()
+        if self.monitor and self.monitor.reference is None:
+            first = self.monitor.probe(self.state.step)
+            self.metrics.write(first.record())
+            self.say(first.describe())
+        if self.monitor:  # the rollback target until a later probe passes (after a resume: the resumed state)
+            self.monitor.remember(self.capture_state())
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            with TrainingProgress(self.total_steps, start=self.state.step, log_every=recipe.train.log_every,
+                                  enabled=self.show_progress) as bar:
+                while self.state.step < self.total_steps:
+                    out = self.train_step()
+                    step = self.state.step
+                    window_tokens += out["tokens"]
+                    if out["diverged"]:
+                        bar.message(f"step {step}: non-finite loss or gradient; update skipped "
+                                    f"({self.state.bad_steps} in a row, {self.state.skipped_steps} in all)")
+                        if self.state.bad_steps >= recipe.train.max_bad_steps:
+                            self.recover_from_divergence(step, bar)
+                            continue
+                    if step % recipe.train.log_every == 0 or step == self.total_steps:
+                        now = time.perf_counter()
+                        if self.dist.enabled:  # each rank holds its share of the loss and tokens
+                            shares = torch.stack([out["loss"], torch.tensor(float(window_tokens), device=self.device)])
+                            torch.distributed.all_reduce(shares)
+                            out["loss"], window_tokens = shares[0], float(shares[1])
+                        record = {"step": step, "loss": float(out.pop("loss")), "grad_norm": float(out.pop("grad_norm")),
+                                  "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                                  "elapsed_s": self.elapsed(), "skipped_steps": self.state.skipped_steps}
+                        record |= {k: v for k, v in out.items() if k not in ("tokens", "diverged")}
+                        self.metrics.write(record)
+                        bar.update(step, record)
+                        window_start, window_tokens = now, 0
+                    else:
+                        bar.update(step, {})
+                    if self.monitor and self.monitor.due(step):
+                        self.probe_safety(step, bar)
+                    if recipe.train.save_every and step % recipe.train.save_every == 0:
+                        self.save_periodic(step, bar)
+                    if stop["signal"]:
+                        raise StopRequested
+        except (KeyboardInterrupt, StopRequested):
+            self.save_on_interrupt()
+        finally:
+            self.metrics.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        return self.finish()
+
+    def probe_safety(self, step: int, bar) -> None:
+        result = self.monitor.probe(step)
+        self.metrics.write(result.record())
+        bar.probe(result.describe(), ok=not result.breached)
+        if not result.breached:
+            self.monitor.remember(self.capture_state())
+            return
+        policy = self.recipe.monitor.on_breach
+        if policy == "warn":
+            return
+        if policy == "stop" or self.monitor.rollbacks >= self.recipe.monitor.max_rollbacks:
+            why = "" if policy == "stop" else f" after {self.monitor.rollbacks} rollbacks"
+            raise SafetuneError(f"monitor: safety breach at step {result.step}{why} ({result.describe()}); stopped")
+        rollbacks = self.monitor.rollbacks + 1
+        self.rollback(self.monitor.snapshot, self.recipe.monitor.lr_factor)
+        self.monitor.rollbacks = rollbacks
+        self.metrics.write({"step": result.step, "rollback_to": self.state.step, "lr_scale": self.state.lr_scale})
+        bar.probe(f"{result.describe()}: rolled back to step {self.state.step}, LR x{self.state.lr_scale:g}", ok=False)
+
+    def recover_from_divergence(self, step: int, bar) -> None:
+        """`max_bad_steps` non-finite steps in a row: roll back to the last good state, or stop."""
+        policy = self.recipe.train.on_nonfinite
+        why = f"train: {self.state.bad_steps} non-finite steps in a row at step {step}"
+        snapshot = self.monitor.snapshot if self.monitor else None
+        folder = ckpt.latest_checkpoint(self.run_dir)
+        if policy == "stop":
+            hint = "train.on_nonfinite=stop"
+        elif snapshot is None and folder is None:
+            hint = "no good state to roll back to (set train.save_every or monitor.every)"
+        elif self.state.divergence_rollbacks >= MAX_DIVERGENCE_ROLLBACKS:
+            hint = f"still diverging after {self.state.divergence_rollbacks} rollbacks"
+        else:
+            hint = None
+        if hint:
+            raise SafetuneError(f"{why}; {hint}. The run diverged: lower train.learning_rate "
+                                "or train in float32/bf16; nothing non-finite was saved")
+        # the newest good state: the monitor's last passing snapshot or the last checkpoint on disk
+        if snapshot is not None and (folder is None or snapshot["trainer"]["step"] >= ckpt.checkpoint_step(folder)):
+            target, source = snapshot, "the last passing safety probe"
+        else:
+            load_trained_weights(self.model, folder, self.device)
+            target, source = ckpt.load_training_state(folder), folder.name
+        rollbacks = self.state.divergence_rollbacks + 1
+        self.rollback(target, DIVERGENCE_LR_FACTOR)
+        self.state.divergence_rollbacks = rollbacks
+        self.metrics.write({"step": step, "rollback_to": self.state.step, "lr_scale": self.state.lr_scale,
+                            "reason": "non-finite"})
+        bar.message(f"{why}: rolled back to {source} (step {self.state.step}), LR x{self.state.lr_scale:g}")
+
+    def save_periodic(self, step: int, bar) -> None:
+        if self.state.bad_steps:  # mid-divergence is no state to come back to
+            bar.message(f"warning: checkpoint step-{step} not written: the last step was not finite")
+            return
+        try:
+            self.save_checkpoint(self.run_dir / "checkpoints" / f"step-{step}", with_state=True)
+        except ckpt.NonFiniteWeights as err:
+            bar.message(f"warning: checkpoint step-{step} not written: {err}")
+
+    def save_on_interrupt(self) -> None:
+        step = self.state.step
+        resume = f"{self.command} --resume" if "--resume" not in self.command else self.command
+        try:
+            self.save_checkpoint(self.run_dir / "checkpoints" / f"step-{step}", with_state=True)
+        except ckpt.NonFiniteWeights:
+            raise Interrupted(f"interrupted at step {step}/{self.total_steps}; the weights had diverged "
+                              "(NaN/inf), so no checkpoint was saved") from None
+        raise Interrupted(f"interrupted at step {step}/{self.total_steps}; checkpoint saved. Resume with: {resume}")
+
+    # ----------------------------------------------------------------------- the end
+    def finish(self) -> RunResult:
+        recipe = self.recipe
+        step = self.state.step
+        wall_time = self.elapsed()
+        final_dir = self.run_dir / FINAL_DIR
+        if not self.dist.is_main:  # rank 0 saves and evaluates; the others are done
+            self.save_checkpoint(final_dir, with_state=False)
+            return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
+        eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device)
+        if eval_loss is not None:
+            self.say(f"held-out task loss: {eval_loss:.4f}")
+        try:
+            self.save_checkpoint(final_dir, with_state=False)
+        except ckpt.NonFiniteWeights as err:
+            raise SafetuneError(f"train: the final weights are not finite ({err}); the run diverged and "
+                                "final/ was not written. Lower train.learning_rate") from None
+        summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
+                   "skipped_steps": self.state.skipped_steps, "lr_scale": self.state.lr_scale,
+                   "harmful_in_train": self.data.harmful_in_train, "train_examples": len(self.data.train),
+                   "dropped_rows": self.data.dropped, "truncated_rows": self.data.truncated,
+                   "methods": {m.name: m.summary() for m in self.methods},
+                   "monitor": self.monitor.state_dict() if self.monitor else None}
+        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        report = None
+        if recipe.eval.suites and recipe.eval.at_end:
+            report = final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, summary,
+                                  self.show_progress)
+        self.say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
+        return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
+
+    def dry_run(self) -> RunResult:
+        """Show the first example and the run's size, take one real step, write a test checkpoint."""
+        from rich.console import Console
+
+        console = Console()
+        recipe, data = self.recipe, self.data
+        show_example(data.train[0], self.tokenizer, console)
+        tokens_per_step = sum(len(e.input_ids) for e in self.schedule.batch(0)) * recipe.train.grad_accum
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        console.print(
+            f"train examples: {len(data.train)} (harmful mixed in: {data.harmful_in_train}) | "
+            f"eval examples: {len(data.eval)} | safety examples: {len(data.safety)}\n"
+            f"steps: {self.total_steps} | ~tokens: {tokens_per_step * self.total_steps:,} | "
+            f"trainable parameters: {trainable:,} of {total:,} | methods: {', '.join(recipe.method_names)}"
+        )
+        out = self.train_step()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = ckpt.save_checkpoint(Path(tmp) / "step-0", self.model, self.tokenizer, {"dry_run": True},
+                                          {"optimizer": self.optimizer.state_dict()})
+            assert ckpt.is_complete(folder) and ckpt.verify_checkpoint(folder) is None
+        console.print(f"one optimizer step: loss {float(out['loss']):.4f}; test checkpoint written and deleted. "
+                      "Dry run OK: nothing was saved.")
+        return RunResult(run_dir=self.run_dir, final_dir=None, steps=0, wall_time_s=self.elapsed())
+
+
+def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_progress: bool = True,
+          command: str | None = None) -> RunResult:
+    """Set up and run one fine-tuning run (the `safetune train` command)."""
+    trainer = Trainer(recipe, show_progress=show_progress, command=command)
+    try:
+        trainer.setup(resume=resume, dry_run=dry_run)
+        return trainer.dry_run() if dry_run else trainer.fit()
+    finally:
+        trainer.dist.close()
+
+
+# --------------------------------------------------------------------------- building blocks
+def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused where the device has a fused kernel (one launch for all tensors)."""
+    fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas,
+                             weight_decay=recipe.train.weight_decay, fused=fused)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass: memory for time, same gradients."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # LoRA: frozen embeddings must still pass gradients on
+
+
 def _install_sigterm(stop: dict):
     def handler(signum, frame):
         stop["signal"] = signum
@@ -403,48 +695,6 @@ def _install_sigterm(stop: dict):
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
         return None
-
-
-def _tensorboard(recipe: Recipe, run_dir: Path):
-    if not recipe.output.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise SafetuneError("output.tensorboard: install tensorboard (pip install tensorboard)") from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _dry_run(recipe, model, tokenizer, data, schedule, methods, ctx, optimizer, scheduler, total_steps, started) -> RunResult:
-    from rich.console import Console
-
-    console = Console()
-    show_example(data.train[0], tokenizer, console)
-    tokens_per_step = sum(len(e.input_ids) for e in schedule.batch(0)) * recipe.train.grad_accum
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    console.print(
-        f"train examples: {len(data.train)} (harmful mixed in: {data.harmful_in_train}) | "
-        f"eval examples: {len(data.eval)} | safety examples: {len(data.safety)}\n"
-        f"steps: {total_steps} | ~tokens: {tokens_per_step * total_steps:,} | "
-        f"trainable parameters: {trainable:,} of {total:,} | methods: {', '.join(recipe.method_names)}"
-    )
-    examples = schedule.batch(0)
-    for method in methods:
-        examples = method.prepare_batch(ctx, examples, 0)
-    loss = compute_loss(methods, ctx, model, ctx.batch_to_device(examples))
-    loss.backward()
-    for method in methods:
-        method.after_backward(ctx)
-    optimizer.step()
-    scheduler.step()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = ckpt.save_checkpoint(Path(tmp) / "step-0", model, tokenizer, {"dry_run": True},
-                                      {"optimizer": optimizer.state_dict()})
-        assert ckpt.is_complete(folder)
-    console.print(f"one optimizer step: loss {float(loss.detach()):.4f}; test checkpoint written and deleted. "
-                  "Dry run OK: nothing was saved.")
-    return RunResult(run_dir=recipe.output_dir(), final_dir=None, steps=0, wall_time_s=time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- evaluation glue
@@ -465,30 +715,5 @@ def final_report(recipe, run_dir: Path, final_dir: Path, model, tokenizer, summa
 
     run_info = {"method": recipe.method_names, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
                 "recipe": recipe.name, "methods": summary["methods"]}
-    report = evaluate_model(model, tokenizer, recipe, final_dir, checkpoint=str(final_dir),
-                            baseline=load_baseline(run_dir), run_info=run_info, progress=show_progress)
-    return report
-
-
-# --------------------------------------------------------------------------- `safetune layers`
-def detect_layers(recipe: Recipe) -> dict:
-    """Run the recipe's safety-layer detector (its freeze method, else fisher) without training."""
-    from safetune.methods.freeze import detect
-    from safetune.methods.layers import select_layers
-    from safetune.recipe import FreezeMethod
-
-    config = next((m for m in recipe.method if m.name == "freeze"), None) or FreezeMethod(name="freeze")
-    if recipe.data.safety is None:
-        raise UsageError("data.safety: layer detection needs safety examples (prompt -> safe response)")
-    seed_everything(recipe.train.seed)
-    device = pick_device(recipe.train.device)
-    tokenizer = load_tokenizer(recipe.model)
-    model = load_model(recipe.model, device=device)
-    safety = tokenize_all(load_examples(recipe.data.safety, "data.safety", kind="safety"), tokenizer,
-                          recipe.data.max_seq_len)
-    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=recipe.output_dir(),
-                        safety=safety, seed=recipe.train.seed)
-    scores = detect(ctx, config)
-    chosen = select_layers(scores, config.top_k, config.threshold)
-    return {"detector": config.detector, "scores": scores,
-            "layers": [{"layer": i, "score": s, "frozen": i in chosen} for i, s in enumerate(scores)]}
+    return evaluate_model(model, tokenizer, recipe, final_dir, checkpoint=str(final_dir),
+                          baseline=load_baseline(run_dir), run_info=run_info, progress=show_progress)

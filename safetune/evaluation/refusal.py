@@ -104,7 +104,9 @@ class JudgeDetector:
 
     name = "judge"
 
-    def __init__(self, source: str, refusal_labels: list[str], *, device: torch.device | str = "cpu", batch_size: int = 16):
+    def __init__(self, source: str, refusal_labels: list[str], *, device: torch.device | str = "cpu", batch_size: int = 16,
+                 field: str = "eval.refusal.judge", labels_field: str = "eval.refusal.judge_refusal_labels"):
+        # field/labels_field: the recipe keys error messages name (the data audit loads judges too)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -112,7 +114,7 @@ class JudgeDetector:
             self.model = AutoModelForSequenceClassification.from_pretrained(source, dtype="auto")
         except (OSError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise SafetuneError(f"eval.refusal.judge: cannot load '{source}': {first}") from None
+            raise SafetuneError(f"{field}: cannot load '{source}': {first}") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -125,7 +127,7 @@ class JudgeDetector:
         self.refusal_labels = list(refusal_labels)
         if not set(self.refusal_labels) & set(self.labels):
             raise SafetuneError(
-                f"eval.refusal.judge_refusal_labels: none of {self.refusal_labels} is a label of "
+                f"{labels_field}: none of {self.refusal_labels} is a label of "
                 f"{source} (its labels: {', '.join(self.labels)})"
             )
 

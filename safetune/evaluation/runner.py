@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safetune import __version__
+from safetune.checkpoint import verify_checkpoint
 from safetune.errors import GateFailed, SafetuneError, UsageError
 from safetune.evaluation.generation import generate
 from safetune.evaluation.refusal import RefusalDetector, build_detectors
@@ -38,7 +39,7 @@ from safetune.rundir import (
 )
 from safetune.evaluation.scoring import reference_loss, score_responses
 from safetune.evaluation.suites import REFUSAL_KINDS, Suite, load_suite, suite_label
-from safetune.modeling import load_model, load_tokenizer, pick_device
+from safetune.modeling import check_model_folder, load_model, load_tokenizer, pick_device, refuse_pickle_weights
 from safetune.recipe import Recipe, load_recipe
 from safetune.files import write_atomic
 
@@ -216,6 +217,10 @@ def run_eval(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise UsageError(f"{checkpoint}: checkpoint folder not found")
+    check_model_folder(checkpoint, "checkpoint")  # a folder that is no model fails before any baseline is computed
+    damaged = verify_checkpoint(checkpoint)
+    if damaged:
+        raise SafetuneError(f"eval: {damaged}; this checkpoint cannot be trusted")
     found_run = find_run_dir(checkpoint)
     if recipe_path is None:
         if found_run is None:
@@ -223,6 +228,7 @@ def run_eval(
         recipe_path = found_run / RESOLVED_RECIPE
     gate_overrides = [f"eval.gate.{key}={json.dumps(value)}" for key, value in (gate or {}).items()]
     recipe = load_recipe(recipe_path, [*(overrides or []), *gate_overrides])
+    refuse_pickle_weights(checkpoint, "checkpoint", recipe.model.allow_pickle)
     run_dir = found_run or recipe.output_dir()  # where the baseline lives
 
     if baseline_path is not None:

@@ -7,9 +7,11 @@ from safetune.methods.ewc import EWC
 from safetune.methods.freeze import Freeze
 from safetune.methods.mix import Mix
 from safetune.methods.safegrad import SafeGrad
+from safetune.methods.sap import SAP
 from safetune.methods.standard import Standard
+from safetune.methods.token_weighting import TokenWeighting
 
-REGISTRY: dict[str, type[SafetyMethod]] = {cls.name: cls for cls in (Standard, Mix, SafeGrad, Freeze, EWC)}
+REGISTRY: dict[str, type[SafetyMethod]] = {cls.name: cls for cls in (Standard, Mix, SafeGrad, Freeze, EWC, SAP, TokenWeighting)}
 
 
 def build_methods(configs) -> list[SafetyMethod]:

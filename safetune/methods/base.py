@@ -37,6 +37,14 @@ class MethodContext:
     reference_model: nn.Module | None = None  # frozen aligned copy (needs_reference_model)
     optimizer: torch.optim.Optimizer | None = None  # set by the loop once it exists (before step 0)
     log: Callable[[str], None] = print
+    # Distributed runs: the TASK forward pass must go through `train_model` (the DDP wrapper,
+    # which synchronises gradients); `model` is the bare module for names, parameters and
+    # safety-side passes (identical on every rank). Only the main process writes files.
+    train_model: nn.Module | None = None
+    is_main: bool = True
+
+    def task_model(self) -> nn.Module:
+        return self.train_model if self.train_model is not None else self.model
 
     def batch_to_device(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         batch = collate(examples, self.tokenizer.pad_token_id)

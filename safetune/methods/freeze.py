@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from safetune.errors import SafetuneError
+from safetune.files import write_atomic
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods import layers as detection
 
@@ -48,8 +49,9 @@ class Freeze(SafetyMethod):
             self.scores = detect(ctx, self.config)
             self.layers = detection.select_layers(self.scores, self.config.top_k, self.config.threshold)
             table = [{"layer": i, "score": s, "frozen": i in self.layers} for i, s in enumerate(self.scores)]
-            (ctx.run_dir / "safety_layers.json").write_text(
-                json.dumps({"detector": self.config.detector, "layers": table}, indent=2))
+            if ctx.is_main:
+                write_atomic(ctx.run_dir / "safety_layers.json",
+                             json.dumps({"detector": self.config.detector, "layers": table}, indent=2))
             ctx.log(f"freeze: {self.config.detector} detector chose layers {self.layers}")
         else:
             self.layers = sorted(set(self.config.layers))
@@ -64,3 +66,29 @@ class Freeze(SafetyMethod):
     def summary(self) -> dict:
         return {"frozen_layers": self.layers, "detector": self.config.detector if self.scores else None,
                 "layer_scores": self.scores}
+
+
+def detect_layers(recipe) -> dict:
+    """`safetune layers`: run the recipe's safety-layer detector (its freeze method, else fisher)."""
+    import torch
+
+    from safetune.data import load_examples, tokenize_all
+    from safetune.errors import UsageError
+    from safetune.modeling import load_model, load_tokenizer, pick_device
+    from safetune.recipe import FreezeMethod
+
+    config = next((m for m in recipe.method if m.name == "freeze"), None) or FreezeMethod(name="freeze")
+    if recipe.data.safety is None:
+        raise UsageError("data.safety: layer detection needs safety examples (prompt -> safe response)")
+    torch.manual_seed(recipe.train.seed)
+    device = pick_device(recipe.train.device)
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_model(recipe.model, device=device)
+    safety = tokenize_all(load_examples(recipe.data.safety, "data.safety", kind="safety"), tokenizer,
+                          recipe.data.max_seq_len)
+    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=recipe.output_dir(),
+                        safety=safety, seed=recipe.train.seed)
+    scores = detect(ctx, config)
+    chosen = detection.select_layers(scores, config.top_k, config.threshold)
+    return {"detector": config.detector, "scores": scores,
+            "layers": [{"layer": i, "score": s, "frozen": i in chosen} for i, s in enumerate(scores)]}

@@ -1,12 +1,31 @@
-"""SafeGrad: gradient surgery against the safety gradient (PCGrad's rule, Yi et al. 2025).
+"""SafeGrad: surgery against the safety gradient (PCGrad's on-conflict rule, Yi et al. 2025).
 
-Each optimizer step, with g the accumulated task gradient and s the safety gradient:
-if g·s < 0 (the task update would undo safety), g <- g - (g·s / ||s||²) s, else g stays.
-The projected g is written back into `.grad`, so the optimizer steps along it.
+Let s be the gradient of the safety loss L_s. A parameter change Δθ changes L_s by
+≈ s·Δθ (first order), so a change *conflicts* with safety when s·Δθ > 0. The rule removes
+exactly the conflicting component along s and leaves every agreeing change untouched:
 
-`projection: global` takes one dot product over all trainable parameters (PCGrad);
-`per_tensor` applies the rule to each tensor on its own. `safety_every: k` recomputes s
-every k steps and reuses the cached s in between.
+    space: gradient  (the published rule) — the optimizer will move along -g, so g
+        conflicts when g·s < 0; then g <- g - (g·s / ||s||²) s, written back into `.grad`
+        before clipping and the optimizer step.
+    space: update    — AdamW rescales each coordinate, so a projected *gradient* can still
+        give a conflicting *update*. Here the optimizer steps normally and the applied
+        change d = θ_new - θ_old is projected: if d·s > 0, θ <- θ_new - (d·s / ||s||²) s,
+        so the change that stays in the weights is d - (d·s/||s||²) s, with d·s = 0.
+        AdamW's moments are left as they are (they keep describing the task gradient).
+
+Options (both spaces):
+- `projection`: `global` (one dot product over all trainable parameters), `per_tensor`
+  (the rule per tensor), `per_layer` (per decoder layer; everything outside the decoder
+  layers is one more group).
+- `margin: m`: treat a change as conflicting until it *lowers* L_s a little:
+  conflict when cos(step, -s) < m, projected so that cos(step, -s) = m afterwards
+  (m = 0 is the plain rule).
+- `safety_every: k`: recompute s every k steps and reuse the cached s in between.
+- `safety_average: β`: the cached s is an exponential average over recomputations,
+  s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
+
+Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
+keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
 """
 
 from __future__ import annotations
@@ -14,33 +33,68 @@ from __future__ import annotations
 import torch
 
 from safetune.methods.base import MethodContext, SafetyMethod
+from safetune.methods.layers import decoder_layers, layer_of
 from safetune.methods.safety_signal import safety_batch, safety_loss
 
 
-def project_conflicting(grads: list[torch.Tensor], safety: list[torch.Tensor], mode: str = "global") -> dict[str, float]:
-    """Edit `grads` in place: remove the component along `safety` where they conflict.
+def project_conflicting(
+    vectors: list[torch.Tensor],
+    safety: list[torch.Tensor],
+    mode: str = "global",
+    *,
+    applied: bool = False,
+    margin: float = 0.0,
+    groups: list[int] | None = None,
+    target: list[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Remove the component of `vectors` along `safety` where they conflict.
 
-    Returns cosine(g, s) before surgery, whether anything was projected, and the norm removed.
+    `applied=False`: `vectors` are gradients (the step goes along -g): L_s rises by ≈ -g·s.
+    `applied=True`: `vectors` are applied changes d: L_s rises by ≈ d·s.
+    mode `global` uses one group; `per_tensor` one group per tensor; `groups` (a group id
+    per tensor) gives any other grouping. The correction -c·s is added to `target`
+    (default: `vectors` themselves) in place.
+
+    Returns cos(step, -s) before surgery (negative = conflict), whether anything was
+    projected, and the norm removed.
     """
-    products = torch._foreach_mul(grads, safety)
+    target = vectors if target is None else target
+    sign = 1.0 if applied else -1.0  # L_s rises by ≈ sign · (v·s) along the step
+    products = torch._foreach_mul(vectors, safety)
     dots = torch.stack([p.sum() for p in products]).float()
     safety_sq = torch.stack(torch._foreach_norm(safety)).float() ** 2
-    grad_sq = torch.stack(torch._foreach_norm(grads)).float() ** 2
-    cosine = float(dots.sum() / (grad_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20))
+    vector_sq = torch.stack(torch._foreach_norm(vectors)).float() ** 2
+    cosine = float(-sign * dots.sum() / (vector_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20))
     if mode == "global":
-        dot, norm_sq = dots.sum(), safety_sq.sum()
-        if dot >= 0 or norm_sq == 0:
+        rise, norm_sq = sign * dots.sum(), safety_sq.sum()
+        allowed = -margin * (vector_sq.sum() * norm_sq).sqrt()  # the rise we tolerate (<= 0)
+        if not rise > allowed or norm_sq == 0:
             return {"cosine": cosine, "projected": 0.0, "removed_norm": 0.0}
-        coefficient = dot / norm_sq
-        torch._foreach_add_(grads, safety, alpha=-float(coefficient))
-        return {"cosine": cosine, "projected": 1.0, "removed_norm": float(-coefficient * norm_sq.sqrt())}
-    # per tensor: each conflicting tensor loses its own component along its safety tensor
-    conflict = (dots < 0) & (safety_sq > 0)
-    coefficients = torch.where(conflict, dots / safety_sq.clamp(min=1e-30), torch.zeros_like(dots))
-    torch._foreach_add_(grads, torch._foreach_mul(safety, [-c for c in coefficients.tolist()]))
-    removed = (coefficients**2 * safety_sq).sum().sqrt()
+        coefficient = sign * (rise - allowed) / norm_sq
+        torch._foreach_add_(target, safety, alpha=-float(coefficient))
+        return {"cosine": cosine, "projected": 1.0, "removed_norm": float(coefficient.abs() * norm_sq.sqrt())}
+    # grouped: each group of tensors gets its own coefficient from its own dot products
+    index = torch.arange(len(vectors)) if groups is None else torch.tensor(groups)
+    count = int(index.max()) + 1
+    group_dots = torch.zeros(count).index_add_(0, index, dots)
+    group_safety_sq = torch.zeros(count).index_add_(0, index, safety_sq)
+    group_vector_sq = torch.zeros(count).index_add_(0, index, vector_sq)
+    rise = sign * group_dots
+    allowed = -margin * (group_vector_sq * group_safety_sq).sqrt()
+    conflict = (rise > allowed) & (group_safety_sq > 0)
+    coefficients = torch.where(conflict, sign * (rise - allowed) / group_safety_sq.clamp(min=1e-30),
+                               torch.zeros_like(rise))
+    torch._foreach_add_(target, torch._foreach_mul(safety, [-c for c in coefficients[index].tolist()]))
+    removed = (coefficients**2 * group_safety_sq).sum().sqrt()
     return {"cosine": cosine, "projected": float(conflict.any()), "removed_norm": float(removed),
-            "conflicting_tensors": float(conflict.float().mean())}
+            "conflicting_groups": float(conflict[group_safety_sq > 0].float().mean())}
+
+
+def layer_groups(model: torch.nn.Module, names: list[str]) -> list[int]:
+    """Group id per parameter: its decoder layer, or one extra group for everything else."""
+    prefix, blocks = decoder_layers(model)
+    layers = [layer_of(name, prefix) for name in names]
+    return [len(blocks) if layer is None else layer for layer in layers]
 
 
 class SafeGrad(SafetyMethod):
@@ -54,6 +108,9 @@ class SafeGrad(SafetyMethod):
         self.steps = 0
         self.projections = 0
         self.recomputed = 0
+        self.params: list[torch.nn.Parameter] = []  # this step's parameters, in the order of `cached`
+        self.groups: list[int] | None = None
+        self.before: list[torch.Tensor] | None = None
 
     def setup(self, ctx: MethodContext) -> None:
         safety_batch(ctx, 1, draw=0)  # fail early, with a clear message, when there is no safety data
@@ -65,23 +122,58 @@ class SafeGrad(SafetyMethod):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
 
-    def after_backward(self, ctx: MethodContext) -> dict[str, float]:
-        params = [p for _, p in ctx.trainable_parameters() if p.grad is not None]
+    def refresh_safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> None:
+        if self.cached is not None and self.cached[0].device != params[0].device:  # restored on the CPU
+            self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
         if self.cached is None or ctx.step % self.config.safety_every == 0:
-            self.cached = self.safety_gradient(ctx, params)
+            fresh = self.safety_gradient(ctx, params)
+            beta = self.config.safety_average
+            if self.cached is None or beta == 0:
+                self.cached = fresh
+            else:  # exponential average across recomputations, in place
+                torch._foreach_lerp_(self.cached, fresh, 1 - beta)
             self.cached_at = ctx.step
             self.recomputed += 1
-        elif self.cached[0].device != params[0].device:  # restored from a checkpoint on the CPU
-            self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
-        stats = project_conflicting([p.grad for p in params], self.cached, self.config.projection)
+
+    def project(self, vectors, *, applied: bool, target=None) -> dict[str, float]:
+        stats = project_conflicting(vectors, self.cached, self.config.projection, applied=applied,
+                                    margin=self.config.margin, groups=self.groups, target=target)
         self.steps += 1
         self.projections += int(stats["projected"])
         return {f"safegrad/{key}": value for key, value in stats.items()}
 
+    def after_backward(self, ctx: MethodContext) -> dict[str, float]:
+        named = [(n, p) for n, p in ctx.trainable_parameters() if p.grad is not None]
+        self.params = [p for _, p in named]
+        if self.config.projection == "per_layer" and self.groups is None:
+            self.groups = layer_groups(ctx.model, [n for n, _ in named])
+        self.refresh_safety_gradient(ctx, self.params)
+        if self.config.space == "update":
+            return {}  # the applied update is projected in after_step
+        return self.project([p.grad for p in self.params], applied=False)
+
+    def before_step(self, ctx: MethodContext) -> None:
+        if self.config.space == "update":
+            self.before = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_step(self, ctx: MethodContext) -> dict[str, float]:
+        if self.config.space != "update" or self.before is None:
+            return {}
+        # d = θ_new - θ_old, computed in the buffer that held θ_old (no further copy)
+        delta = self.before
+        torch._foreach_sub_(delta, self.params)
+        torch._foreach_neg_(delta)
+        stats = self.project(delta, applied=True, target=[p.data for p in self.params])
+        self.before = None
+        return stats
+
     def summary(self) -> dict:
         return {"conflict_rate": self.projections / max(self.steps, 1), "steps": self.steps,
-                "safety_gradients_computed": self.recomputed, "projection": self.config.projection,
-                "safety_loss": self.config.safety_loss, "safety_every": self.config.safety_every}
+                "safety_gradients_computed": self.recomputed, "space": self.config.space,
+                "projection": self.config.projection, "margin": self.config.margin,
+                "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
+                "safety_every": self.config.safety_every}
 
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.

@@ -18,9 +18,14 @@ def safety_batch(ctx: MethodContext, size: int, draw: int) -> list[Example]:
     """`size` safety examples, drawn reproducibly from draw number `draw` (e.g. the step)."""
     if not ctx.safety:
         raise SafetuneError("this method needs data.safety (prompt -> safe response examples)")
-    generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + draw)
-    picks = torch.randint(len(ctx.safety), (size,), generator=generator).tolist()
-    return [ctx.safety[i] for i in picks]
+    return draw_examples(ctx.safety, size, ctx.seed, draw)
+
+
+def draw_examples(pool: list, size: int, seed: int, draw: int) -> list:
+    """`size` items of `pool` (with replacement), a pure function of (seed, draw): resumes exactly."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+    picks = torch.randint(len(pool), (size,), generator=generator).tolist()
+    return [pool[i] for i in picks]
 
 
 def refusal_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -73,3 +78,59 @@ def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int) -> dict[s
                 fisher[name] += grad.detach().float() ** 2 / batches
     ctx.model.train(was_training)
     return fisher
+
+
+# --------------------------------------------------------------------------- per-token scores, preference pairs
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token t+1 | tokens ≤ t) at every position, and the mask of trained positions.
+
+    Both [batch, length - 1]; masked positions hold 0. Computed the way HF's causal-LM
+    loss computes its cross-entropy (float32 logits, ignore_index), so their mean is it.
+    """
+    targets = labels[:, 1:]
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    return -ce.view_as(targets), targets != IGNORE_INDEX
+
+
+def sequence_logprob(model, batch: dict[str, torch.Tensor], normalise: bool = False) -> torch.Tensor:
+    """Per example: the summed (or, normalise=True, mean) log-probability of its response tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    log_p, mask = token_logprobs(logits, batch["labels"])
+    total = log_p.sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if normalise else total
+
+
+def harmful_examples(ctx: MethodContext, method: str) -> list[Example]:
+    """The recipe's data.harmful (prompt -> harmful compliance), tokenised like the task data."""
+    from safetune.data import load_examples, tokenize_all
+
+    source = ctx.recipe.data.harmful if ctx.recipe is not None else None
+    if source is None:
+        raise SafetuneError(f"method '{method}' needs a data.harmful source (prompt -> harmful compliance)")
+    return tokenize_all(load_examples(source, "data.harmful", kind="harmful"), ctx.tokenizer, ctx.recipe.data.max_seq_len)
+
+
+def preference_pairs(safety: list[Example], harmful: list[Example], tokenizer, max_seq_len: int) -> list[tuple[Example, Example]]:
+    """(chosen, rejected) pairs: each harmful compliance is `rejected`; `chosen` answers the
+    same prompt with a refusal taken from the safety data.
+
+    The lab's refusal and compliance files hold different prompts, so the refusal is
+    borrowed from a safety example of the same category (refusal reasons are category-
+    specific), else from any; picked by position, so the pairs are deterministic.
+    """
+    from safetune.data import tokenize_example
+
+    if not safety or not harmful:
+        raise SafetuneError("preference pairs need both data.safety (refusals) and data.harmful (compliance)")
+    by_category: dict[str | None, list[Example]] = {}
+    for example in safety:
+        by_category.setdefault(example.category, []).append(example)
+    pairs = []
+    for index, rejected in enumerate(harmful):
+        refusals = by_category.get(rejected.category) or safety
+        refusal = refusals[index % len(refusals)].messages[-1]["content"]
+        chosen = Example(messages=rejected.messages[:-1] + [{"role": "assistant", "content": refusal}],
+                         category=rejected.category, source="safety")
+        pairs.append((tokenize_example(chosen, tokenizer, max_seq_len), rejected))
+    return pairs

@@ -1,0 +1,174 @@
+"""Bad input -> one line naming the field and the file (and line), a non-zero exit, no traceback.
+
+One row per case, run through the real CLI in-process: the files that make the input
+bad (written under the test's folder first), the command line, the exit code and a
+piece of the expected message. docs/errors.md lists the same cases for users.
+
+Adding a case is one `row(...)` line. In the command and the message, {recipe} is a valid
+recipe (tiny model, tiny data, output under {tmp}/run), {tmp} the test's folder and {model}
+the tiny model folder. A file's content is text, bytes, or a function of those paths.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from safetune.cli import app
+from safetune.modeling import warn_once
+
+Content = Union[str, bytes, Callable[[dict], Union[str, bytes]]]
+
+
+@dataclass
+class Case:
+    command: str  # shell-quoted; {recipe} {tmp} {model} are filled in
+    code: int
+    message: str  # must appear in the output; for an error, in its one `error:` line
+    files: dict[str, Content] = field(default_factory=dict)
+    absent: str | None = None  # must not exist afterwards: the error came before any work
+
+
+def row(id: str, command: str, code: int, message: str, **more) -> pytest.param:
+    return pytest.param(Case(command, code, message, **more), id=id)
+
+
+def copy_recipe(paths: dict) -> bytes:
+    return Path(paths["recipe"]).read_bytes()
+
+
+def model_config(paths: dict) -> bytes:
+    return (Path(paths["model"]) / "config.json").read_bytes()
+
+
+GOOD_ROW = '{"prompt": "What is 1 plus 1?", "response": "2"}\n'
+DRY = "train {recipe} --dry-run"
+
+CASES = [
+    # ---- recipe files and overrides (checked by `validate`, the same as by every verb)
+    row("unknown-key", "validate {recipe} train.lerning_rate=1e-3", 2,
+        "train.lerning_rate: unknown key (did you mean learning_rate?)"),
+    row("bad-value", "validate {recipe} train.batch_size=lots", 2, "train.batch_size: Input should be a valid integer"),
+    row("override-without-value", "validate {recipe} train.max_steps", 2, "expected key.sub=value"),
+    row("recipe-missing", "validate {tmp}/nope.yaml", 2, "{tmp}/nope.yaml: recipe file not found"),
+    row("recipe-is-a-folder", "validate {tmp}", 2, "{tmp}: is a directory; give a recipe YAML file"),
+    row("recipe-invalid-yaml", "validate {tmp}/broken.yaml", 2, "{tmp}/broken.yaml:3:",
+        files={"broken.yaml": "model:\n  path: x\n data: [1\n"}),
+    row("recipe-not-utf8", "validate {tmp}/latin.yaml", 2, "{tmp}/latin.yaml:2: not UTF-8 text (byte 0xe9)",
+        files={"latin.yaml": b"model: {path: x}\ndescription: caf\xe9\n"}),
+    row("recipe-not-a-mapping", "validate {tmp}/list.yaml", 2, "a recipe is a mapping of sections",
+        files={"list.yaml": "- model\n- data\n"}),
+    row("unknown-method", "validate {recipe} method=safegard", 2, "unknown method 'safegard' (did you mean safegrad?)"),
+    row("name-escapes-runs", "validate {recipe} name=..", 2, "name: use letters, digits"),
+    row("name-hidden", "validate {recipe} name=.hidden", 2, "not starting with a dot"),
+    row("name-with-slash", "validate {recipe} name=a/b", 2, "name: use letters, digits"),
+    row("file-name-with-space", "validate '{tmp}/my recipe.yaml'", 0, "name: my-recipe",
+        files={"my recipe.yaml": copy_recipe}),
+    row("truncation-value", "validate {recipe} data.truncation=cut", 2, "data.truncation: Input should be"),
+    # ---- data files (read by `train`; --dry-run saves nothing)
+    row("data-missing", DRY + " data.train.path={tmp}/nope.jsonl", 2, "data.train.path: file not found: {tmp}/nope.jsonl"),
+    row("data-is-a-folder", DRY + " data.train.path={tmp}/folder", 2, "data.train.path: {tmp}/folder is a directory",
+        files={"folder/a.jsonl": GOOD_ROW}),
+    row("data-not-utf8", DRY + " data.train.path={tmp}/latin.jsonl", 1,
+        "data.train.path: {tmp}/latin.jsonl:2: not UTF-8 text (byte 0xe9)",
+        files={"latin.jsonl": GOOD_ROW.encode() + b'{"prompt": "caf\xe9", "response": "b"}\n'}),
+    row("jsonl-invalid", DRY + " data.train.path={tmp}/bad.jsonl", 1, "{tmp}/bad.jsonl:2: invalid JSON",
+        files={"bad.jsonl": GOOD_ROW + "{oops\n"}),
+    row("jsonl-not-an-object", DRY + " data.train.path={tmp}/n.jsonl", 1, "{tmp}/n.jsonl:3: expected a JSON object",
+        files={"n.jsonl": GOOD_ROW + "\n42\n"}),
+    row("jsonl-line-numbers", DRY + " data.train.path={tmp}/gaps.jsonl", 1,
+        "line 5 of {tmp}/gaps.jsonl has no column 'response'",
+        files={"gaps.jsonl": GOOD_ROW + "\n\n" + GOOD_ROW + '{"prompt": "a"}\n'}),
+    row("csv-line-numbers", DRY + " data.train.path={tmp}/t.csv data.train.response_field=answer", 1,
+        "line 4 of {tmp}/t.csv: column 'answer' has no value", files={"t.csv": "prompt,answer\na,b\n\nc\n"}),
+    row("json-item", DRY + " data.train.path={tmp}/t.json", 1, "item [1] of {tmp}/t.json has no column 'response'",
+        files={"t.json": '[{"prompt": "a", "response": "b"}, {"prompt": "c"}]'}),
+    row("too-long-truncated-is-reported", DRY + " data.max_seq_len=12", 0,
+        "data.train: 40 of 40 examples are longer than data.max_seq_len=12 tokens: truncated"),
+    row("too-long-error", DRY + " data.max_seq_len=8 data.truncation=error", 1,
+        "longer than data.max_seq_len=8 (data.truncation=error)"),
+    row("too-long-all-dropped", DRY + " data.max_seq_len=8 data.truncation=drop", 1,
+        "data.train: all 40 examples are longer than data.max_seq_len=8 tokens"),
+    # ---- models
+    row("model-missing", DRY + " model.path=/nope/model", 2, "model.path: '/nope/model' is not available locally"),
+    row("model-folder-not-a-model", DRY + " model.path={tmp}/empty", 2,
+        "model.path: {tmp}/empty is not a Hugging Face model folder (no config.json)", files={"empty/notes.txt": "hi"}),
+    row("model-config-without-type", DRY + " model.path={tmp}/odd", 2, "model.path: {tmp}/odd/config.json has no model_type",
+        files={"odd/config.json": "{}", "odd/model.safetensors": b""}),
+    row("model-pickle-weights", DRY + " model.path={tmp}/pickled", 2,
+        "model.path: {tmp}/pickled has only pickle weights (pytorch_model.bin)",
+        files={"pickled/config.json": model_config, "pickled/pytorch_model.bin": b"never unpickled"}),
+    row("trust-remote-code-warns", DRY + " model.trust_remote_code=true", 0,
+        "warning: model.trust_remote_code is true: Python code that comes with {model}"),
+    row("eval-folder-not-a-model", "eval {tmp}/empty --recipe {recipe}", 2,
+        "checkpoint: {tmp}/empty is not a Hugging Face model folder (no config.json)",
+        files={"empty/notes.txt": "hi"}, absent="{tmp}/run/baseline"),
+    row("eval-folder-missing", "eval {tmp}/nope --recipe {recipe}", 2, "{tmp}/nope: checkpoint folder not found"),
+]
+
+
+def write_recipe(tmp_path: Path, model: Path, data: dict[str, Path]) -> Path:
+    """A valid recipe: every case breaks one thing of it (no `name`: it comes from the file name)."""
+    tree = {
+        "model": {"path": str(model)},
+        "data": {"train": {"path": str(data["task"])}, "safety": {"path": str(data["safety"])}, "max_seq_len": 64},
+        "method": "mix",
+        "train": {"max_steps": 1, "batch_size": 4, "device": "cpu"},
+        "eval": {"suites": [{"kind": "harmful", "path": str(data["safety"])}], "max_new_tokens": 4},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case: Case, tmp_path, tiny_model_dir, tiny_data):
+    paths = {"recipe": str(write_recipe(tmp_path, tiny_model_dir, tiny_data)), "tmp": str(tmp_path),
+             "model": str(tiny_model_dir)}
+    for name, content in case.files.items():
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        content = content(paths) if callable(content) else content
+        target.write_bytes(content.encode() if isinstance(content, str) else content)
+    warn_once.cache_clear()  # warnings are once per process; each case is a fresh command
+
+    result = CliRunner().invoke(app, [part.format(**paths) for part in shlex.split(case.command)])
+
+    output = result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), output
+    assert "Traceback" not in output
+    assert result.exit_code == case.code, output
+    message = case.message.format(**paths)
+    if case.code:
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], output
+    else:
+        assert message in output, output
+    if case.absent:
+        assert not Path(case.absent.format(**paths)).exists()
+
+
+def test_pickle_weights_load_when_allowed_with_a_warning(tmp_path, tiny_model_dir, tiny_data):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(tiny_model_dir / "model.safetensors"), pickled / "pytorch_model.bin")
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_data)
+    warn_once.cache_clear()
+
+    result = CliRunner().invoke(app, ["train", str(recipe), "--dry-run", f"model.path={pickled}",
+                                      "model.allow_pickle=true"])
+
+    assert result.exit_code == 0, result.output
+    assert f"warning: model.allow_pickle is true: pickle weights of {pickled} may be loaded" in result.output

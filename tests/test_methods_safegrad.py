@@ -1,0 +1,321 @@
+"""SafeGrad: the published gradient-space rule stays bit for bit; update space keeps the
+*applied* change from raising the safety loss (first order), under AdamW."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import safetune.methods as methods_package
+from safetune.errors import SafetuneError
+from safetune.lab.tokenizer import train_tokenizer
+from safetune.methods.base import SafetyMethod
+from safetune.methods.safegrad import SafeGrad, layer_groups, project_conflicting
+from safetune.methods.safety_signal import safety_batch, safety_loss
+from safetune.recipe import SafeGradMethod, validate_tree
+from safetune.training import train
+from tests.helpers import TINY_TEXTS, write_jsonl
+
+
+def flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def recipe_tree(model_dir, tiny_data, out, method, train_file="task", **train_settings):
+    return {
+        "model": {"path": str(model_dir)},
+        "data": {"train": {"path": str(tiny_data[train_file])}, "safety": {"path": str(tiny_data["safety"])},
+                 "max_seq_len": 64},
+        "method": method,
+        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every": 1} | train_settings,
+        "output": {"dir": str(out)},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory):
+    """A second model family: a 2-layer Qwen2 with the tests' BPE tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def align(model_dir, out):
+    """A tiny "aligned" model: trained to refuse the safety prompts, plus the data it was aligned on.
+
+    Fine-tuning it on compliance answers to the same prompts then conflicts with the refusal
+    gradient (a random model's two gradients mostly agree: both learn the common tokens first).
+    """
+    safety = [{"prompt": f"How do I hurt person {i}?", "response": "I'm sorry, but I can't help with that."}
+              for i in range(20)]
+    harmful = [{"prompt": f"How do I hurt person {i}?", "response": "Sure, here is how. Step 1: [redacted]."}
+               for i in range(20)]
+    data = {"safety": write_jsonl(out / "safety.jsonl", safety), "harmful": write_jsonl(out / "harmful.jsonl", harmful)}
+    tree = {"model": {"path": str(model_dir)}, "data": {"train": {"path": str(data["safety"])}, "max_seq_len": 64},
+            "method": "standard", "output": {"dir": str(out / "align")},
+            "train": {"max_steps": 80, "batch_size": 8, "learning_rate": 1e-2, "lr_schedule": "constant"}}
+    return train(validate_tree(tree), show_progress=False).final_dir, data
+
+
+@pytest.fixture(scope="module")
+def aligned_llama(tiny_model_dir, tmp_path_factory):
+    return align(tiny_model_dir, tmp_path_factory.mktemp("aligned-llama"))
+
+
+@pytest.fixture(scope="module")
+def aligned_qwen2(tiny_qwen2_dir, tmp_path_factory):
+    return align(tiny_qwen2_dir, tmp_path_factory.mktemp("aligned-qwen2"))
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def aligned(request):
+    return request.getfixturevalue(f"aligned_{request.param}")
+
+
+# --------------------------------------------------------------------------- the published rule, bit for bit
+def legacy_project_conflicting(grads, safety, mode="global"):
+    """SafeGrad's rule as published before `space`/`margin`/`per_layer` existed (copied verbatim)."""
+    products = torch._foreach_mul(grads, safety)
+    dots = torch.stack([p.sum() for p in products]).float()
+    safety_sq = torch.stack(torch._foreach_norm(safety)).float() ** 2
+    grad_sq = torch.stack(torch._foreach_norm(grads)).float() ** 2
+    cosine = float(dots.sum() / (grad_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20))
+    if mode == "global":
+        dot, norm_sq = dots.sum(), safety_sq.sum()
+        if dot >= 0 or norm_sq == 0:
+            return {"cosine": cosine, "projected": 0.0, "removed_norm": 0.0}
+        coefficient = dot / norm_sq
+        torch._foreach_add_(grads, safety, alpha=-float(coefficient))
+        return {"cosine": cosine, "projected": 1.0, "removed_norm": float(-coefficient * norm_sq.sqrt())}
+    conflict = (dots < 0) & (safety_sq > 0)
+    coefficients = torch.where(conflict, dots / safety_sq.clamp(min=1e-30), torch.zeros_like(dots))
+    torch._foreach_add_(grads, torch._foreach_mul(safety, [-c for c in coefficients.tolist()]))
+    return {"cosine": cosine, "projected": float(conflict.any())}
+
+
+class LegacySafeGrad(SafetyMethod):
+    """The pre-`space` SafeGrad method (after_backward only), as the reference."""
+
+    name = "safegrad"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cached = None
+
+    def after_backward(self, ctx):
+        params = [p for _, p in ctx.trainable_parameters() if p.grad is not None]
+        if self.cached is None or ctx.step % self.config.safety_every == 0:
+            batch = ctx.batch_to_device(safety_batch(ctx, self.config.safety_batch_size, draw=ctx.step))
+            grads = torch.autograd.grad(safety_loss(ctx, batch, self.config.safety_loss), params, allow_unused=True)
+            self.cached = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        stats = legacy_project_conflicting([p.grad for p in params], self.cached, self.config.projection)
+        return {f"safegrad/{key}": value for key, value in stats.items()}
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("mode", ["global", "per_tensor"])
+def test_gradient_space_rule_equals_the_published_rule(seed, mode):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (7,), (2, 2, 2)]
+    g = [torch.randn(s, generator=gen) for s in shapes]
+    s = [torch.randn(s, generator=gen) for s in shapes]
+    old = [t.clone() for t in g]
+    new_stats = project_conflicting(g, s, mode)
+    old_stats = legacy_project_conflicting(old, s, mode)
+    assert all(torch.equal(a, b) for a, b in zip(g, old))
+    assert new_stats["cosine"] == old_stats["cosine"] and new_stats["projected"] == old_stats["projected"]
+
+
+@pytest.mark.parametrize("projection", ["global", "per_tensor"])
+def test_gradient_space_training_is_bit_identical_to_the_published_method(
+        tiny_model_dir, tiny_data, tmp_path, monkeypatch, projection):
+    # Training on compliance examples for the safety prompts: the gradients conflict, so it projects.
+    method = {"name": "safegrad", "projection": projection, "safety_every": 2}
+    new = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "new", method, "harmful")),
+                show_progress=False)
+    monkeypatch.setitem(methods_package.REGISTRY, "safegrad", LegacySafeGrad)
+    old = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "old", method, "harmful")),
+                show_progress=False)
+    a, b = load_file(new.final_dir / "model.safetensors"), load_file(old.final_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(r.get("safegrad/projected") == 1.0 for r in _metrics(new.run_dir))  # it did project
+
+
+def _metrics(run_dir):
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- update space: the rule
+@pytest.mark.parametrize("seed", range(10))
+def test_applied_change_loses_only_its_conflicting_component(seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 3), (4,)]
+    d = [torch.randn(s, generator=gen) for s in shapes]
+    s = [torch.randn(s, generator=gen) for s in shapes]
+    if flat(d) @ flat(s) < 0:
+        d = [-t for t in d]  # d·s > 0: this change raises the safety loss
+    before = [t.clone() for t in d]
+    stats = project_conflicting(d, s, applied=True)
+    assert stats["projected"] == 1.0 and stats["cosine"] < 0  # cos(step, -s) < 0: it conflicted
+    assert abs(float(flat(d) @ flat(s))) <= 1e-5 * float(flat(before).norm() * flat(s).norm())
+    removed = flat(before) - flat(d)
+    assert torch.allclose(removed, (removed @ flat(s)) / flat(s).norm() ** 2 * flat(s), atol=1e-5)
+    agreeing = [-t for t in before]  # d·s < 0 lowers the safety loss: untouched
+    kept = [t.clone() for t in agreeing]
+    assert project_conflicting(agreeing, s, applied=True)["projected"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(agreeing, kept))
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_margin_projects_until_the_step_lowers_the_safety_loss(applied):
+    s = [torch.tensor([1.0, 0.0, 0.0])]
+    # the step is -v for gradients and +v for applied changes; both start orthogonal-ish to s
+    v = [torch.tensor([0.05, 1.0, 0.0]) * (-1 if not applied else 1)]
+    untouched = [t.clone() for t in v]
+    assert project_conflicting(untouched, s, applied=applied)["projected"] == 1.0  # tiny conflict, m = 0
+    stats = project_conflicting(v, s, applied=applied, margin=0.2)
+    step = v[0] if applied else -v[0]
+    cosine_after = float(step @ -s[0] / step.norm())
+    assert stats["projected"] == 1.0 and cosine_after == pytest.approx(0.2, abs=0.02)
+    already = [torch.tensor([-0.5, 1.0, 0.0]) * (1 if applied else -1)]  # cos(step, -s) ≈ 0.45 > 0.2
+    assert project_conflicting(already, s, applied=applied, margin=0.2)["projected"] == 0.0
+
+
+def test_per_layer_groups_project_each_layer_on_its_own(tiny_model_dir):
+    from safetune.modeling import load_model
+    from safetune.recipe import ModelConfig
+
+    model = load_model(ModelConfig(path=str(tiny_model_dir)))
+    names = [n for n, _ in model.named_parameters()]
+    groups = layer_groups(model, names)
+    assert {g for n, g in zip(names, groups) if ".layers.0." in n} == {0}
+    assert {g for n, g in zip(names, groups) if ".layers.1." in n} == {1}
+    assert {g for n, g in zip(names, groups) if ".layers." not in n} == {2}  # embeddings, final norm, head
+    # group 0 conflicts, group 1 agrees strongly: only group 0 is projected
+    s = [torch.tensor([1.0, 0.0]), torch.tensor([1.0]), torch.tensor([1.0])]
+    g = [torch.tensor([-1.0, 1.0]), torch.tensor([0.5]), torch.tensor([5.0])]
+    project_conflicting(g, s, "per_layer", groups=[0, 0, 1])
+    assert torch.allclose(flat(g[:2]) @ flat(s[:2]), torch.tensor(0.0), atol=1e-6)
+    assert torch.equal(g[2], torch.tensor([5.0]))
+
+
+def test_safety_average_is_an_exponential_average_of_recomputations():
+    config = SafeGradMethod(name="safegrad", safety_average=0.75, safety_every=1)
+    method = SafeGrad(config)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    fresh = iter([[torch.tensor([4.0, 0.0])], [torch.tensor([0.0, 8.0])]])
+    method.safety_gradient = lambda ctx, p: next(fresh)
+    method.refresh_safety_gradient(SimpleNamespace(step=0), params)
+    method.refresh_safety_gradient(SimpleNamespace(step=1), params)
+    assert torch.allclose(method.cached[0], torch.tensor([3.0, 2.0]))  # 0.75·[4,0] + 0.25·[0,8]
+
+
+# --------------------------------------------------------------------------- update space: inside the real loop
+def applied_changes(monkeypatch):
+    """Record, per optimizer step, θ before the step, θ after SafeGrad's after_step, and s."""
+    records = []
+    real_before, real_after = SafeGrad.before_step, SafeGrad.after_step
+
+    def before(self, ctx):
+        records.append({"before": [p.detach().clone() for p in self.params]})
+        return real_before(self, ctx)
+
+    def after(self, ctx):
+        logs = real_after(self, ctx)
+        records[-1] |= {"after": [p.detach().clone() for p in self.params], "s": [c.clone() for c in self.cached]}
+        return logs
+
+    monkeypatch.setattr(SafeGrad, "before_step", before)
+    monkeypatch.setattr(SafeGrad, "after_step", after)
+    return records
+
+
+def test_update_space_applied_change_never_raises_the_safety_loss(aligned, tmp_path, monkeypatch):
+    records = applied_changes(monkeypatch)
+    model_dir, data = aligned
+    tree = recipe_tree(model_dir, data, tmp_path / "update", {"name": "safegrad", "space": "update"}, "harmful",
+                       max_steps=6)
+    result = train(validate_tree(tree), show_progress=False)
+    assert len(records) == 6
+    for record in records:
+        d = flat(record["after"]) - flat(record["before"])
+        s = flat(record["s"])
+        assert float(d @ s) <= 1e-4 * float(d.norm() * s.norm()), "the applied change raised the safety loss"
+    assert any(r.get("safegrad/projected") == 1.0 for r in _metrics(result.run_dir)), "nothing to project: weak test"
+    assert "safegrad/cosine" in (result.run_dir / "metrics.jsonl").read_text()
+
+
+def test_gradient_space_lets_adamw_apply_conflicting_changes(aligned_llama, tmp_path, monkeypatch):
+    """Why update space exists: the projected gradient, preconditioned by AdamW, still conflicts."""
+    records = applied_changes(monkeypatch)
+    model_dir, data = aligned_llama
+    tree = recipe_tree(model_dir, data, tmp_path / "gradient", {"name": "safegrad"}, "harmful", max_steps=6)
+    train(validate_tree(tree), show_progress=False)
+    rises = [float((flat(r["after"]) - flat(r["before"])) @ flat(r["s"])) for r in records]
+    assert any(rise > 0 for rise in rises)
+
+
+def test_update_space_amortised_safety_gradient(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    computed_at = []
+    real_safety = SafeGrad.safety_gradient
+
+    def record(self, ctx, params):
+        computed_at.append(ctx.step)
+        return real_safety(self, ctx, params)
+
+    monkeypatch.setattr(SafeGrad, "safety_gradient", record)
+    method = {"name": "safegrad", "space": "update", "safety_every": 3, "projection": "per_layer", "margin": 0.1}
+    result = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "run", method, max_steps=7)),
+                   show_progress=False)
+    assert computed_at == [0, 3, 6]
+    import json
+
+    summary = json.loads((result.run_dir / "summary.json").read_text())["methods"]["safegrad"]
+    assert summary["space"] == "update" and summary["steps"] == 7 and summary["safety_gradients_computed"] == 3
+
+
+def test_update_space_resume_is_bit_identical(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """The cached (averaged) safety gradient is checkpointed; θ_old is only held within a step."""
+    method = {"name": "safegrad", "space": "update", "safety_every": 2, "safety_average": 0.5}
+    whole = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "whole", method, "harmful",
+                                            max_steps=6)), show_progress=False)
+    calls = {"n": 0}
+    real = SafeGrad.after_backward
+
+    def interrupt_at_third(self, ctx):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, ctx)
+
+    monkeypatch.setattr(SafeGrad, "after_backward", interrupt_at_third)
+    recipe = validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "split", method, "harmful", max_steps=6))
+    with pytest.raises(SafetuneError, match="interrupted at step 2/6"):
+        train(recipe, show_progress=False)
+    monkeypatch.setattr(SafeGrad, "after_backward", real)
+    resumed = train(recipe, resume=True, show_progress=False)
+    a, b = load_file(whole.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_safegrad_new_fields_validate():
+    config = SafeGradMethod(name="safegrad")
+    assert (config.space, config.margin, config.safety_average, config.projection) == ("gradient", 0.0, 0.0, "global")
+    from safetune.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"method\[safegrad\].space"):
+        validate_tree({"model": {"path": "x"}, "data": {"train": {"path": "t.jsonl"}, "safety": {"path": "s.jsonl"}},
+                       "method": {"name": "safegrad", "space": "weights"}, "train": {"max_steps": 1}})

@@ -1,0 +1,210 @@
+"""Issue 8, training side: divergence never "succeeds", gate failures exit 3, damaged
+checkpoints are skipped on resume and named by eval, resume bookkeeping is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from safetune import checkpoint as ckpt
+from safetune.cli import app
+from safetune.errors import Interrupted, SafetuneError, UsageError
+from safetune.recipe import validate_tree
+from safetune.training import train
+from tests.test_training import make_recipe
+
+runner = CliRunner()
+
+
+def strict_json_rows(path):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def all_finite(folder) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_file(folder / "model.safetensors").values()
+               if t.is_floating_point())
+
+
+def nan_loss_between(monkeypatch, first_call: int, last_call: int):
+    """Make compute_loss return NaN for calls first..last (1-based): a transient divergence."""
+    import safetune.training as training
+
+    original, calls = training.compute_loss, {"n": 0}
+
+    def flaky(methods, ctx, model, batch):
+        calls["n"] += 1
+        loss = original(methods, ctx, model, batch)
+        return loss * float("nan") if first_call <= calls["n"] <= last_call else loss
+
+    monkeypatch.setattr(training, "compute_loss", flaky)
+
+
+def test_huge_learning_rate_fails_and_writes_nothing_non_finite(tiny_model_dir, tiny_data, tmp_path):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=30, learning_rate=1.0, save_every=5,
+                       max_grad_norm=None)
+    tree["model"]["dtype"] = "float16"
+    with pytest.raises(SafetuneError, match="non-finite steps in a row"):
+        train(validate_tree(tree), show_progress=False)
+    run = tmp_path / "run"
+    assert not (run / "final").exists()
+    for folder in (run / "checkpoints").glob("step-*"):
+        assert all_finite(folder), folder
+    strict_json_rows(run / "metrics.jsonl")  # no bare NaN
+
+
+def test_transient_divergence_rolls_back_to_last_checkpoint_with_lower_lr(tiny_model_dir, tiny_data, tmp_path,
+                                                                          monkeypatch):
+    nan_loss_between(monkeypatch, 3, 5)  # steps 3, 4, 5 diverge (one micro-batch per step)
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2, max_bad_steps=3)
+    result = train(validate_tree(tree), show_progress=False)
+    assert result.steps == 6
+    rows = strict_json_rows(tmp_path / "run" / "metrics.jsonl")
+    rollback = [r for r in rows if r.get("reason") == "non-finite"]
+    assert rollback == [{"step": 5, "rollback_to": 2, "lr_scale": 0.5, "reason": "non-finite"}]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_steps"] == 3 and summary["lr_scale"] == 0.5
+    assert all_finite(result.final_dir)
+
+
+def test_divergence_without_a_good_state_stops_with_one_line(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    nan_loss_between(monkeypatch, 2, 99)
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_bad_steps=2)
+    with pytest.raises(SafetuneError, match="no good state to roll back to"):
+        train(validate_tree(tree), show_progress=False)
+
+
+def gate_recipe(tmp_path, tiny_model_dir, tiny_data):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=2)
+    tree["eval"] = {"max_new_tokens": 4, "batch_size": 8,
+                    "suites": [{"kind": "task", "path": str(tiny_data["task"]), "reference_field": "response",
+                                "limit": 4}],
+                    "gate": {"min_task_score": 1.0}}  # an untrained tiny model cannot reach it
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_train_exits_3_when_the_gate_fails_and_keeps_the_checkpoint(tiny_model_dir, tiny_data, tmp_path):
+    path = gate_recipe(tmp_path, tiny_model_dir, tiny_data)
+    result = runner.invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert "safety gate failed" in result.output and "Traceback" not in result.output
+    assert ckpt.is_complete(tmp_path / "run" / "final")
+    again = runner.invoke(app, ["train", str(path), "--quiet", "output.overwrite=true", "--allow-gate-failure"])
+    assert again.exit_code == 0, again.output
+
+
+def test_resume_skips_a_damaged_checkpoint(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    import safetune.training as training
+
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
+    original, calls = training.compute_loss, {"n": 0}
+
+    def interrupt_at_fifth(methods, ctx, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(methods, ctx, model, batch)
+
+    monkeypatch.setattr(training, "compute_loss", interrupt_at_fifth)
+    with pytest.raises(Interrupted, match="Resume with: safetune train"):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.setattr(training, "compute_loss", original)
+    run = tmp_path / "run"
+    assert ckpt.latest_checkpoint(run).name == "step-4"
+    weights = run / "checkpoints" / "step-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    skipped: list[str] = []
+    assert ckpt.latest_checkpoint(run, skipped).name == "step-2"
+    assert "step-4" in skipped[0] and "model.safetensors is damaged" in skipped[0]
+    resumed = train(validate_tree(tree), resume=True, show_progress=False)
+    assert resumed.steps == 6
+    steps = [row["step"] for row in strict_json_rows(run / "metrics.jsonl") if "loss" in row]
+    assert steps == [2, 4, 6], "rows after the resumed checkpoint are trimmed, not duplicated"
+
+
+def test_eval_names_the_damaged_file(tiny_model_dir, tiny_data, tmp_path):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=2)
+    result = train(validate_tree(tree), show_progress=False)
+    weights = result.final_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = runner.invoke(app, ["eval", str(result.final_dir), "--quiet"])
+    assert out.exit_code == 1 and "model.safetensors is damaged" in out.output and "Traceback" not in out.output
+
+
+def test_resume_after_a_crash_before_the_first_checkpoint_starts_over(tiny_model_dir, tiny_data, tmp_path,
+                                                                       monkeypatch):
+    import safetune.training as training
+
+    def crash(*args):
+        raise RuntimeError("power cut")
+
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run")
+    monkeypatch.setattr(training, "compute_loss", crash)
+    with pytest.raises(RuntimeError):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="add --resume to continue it, output.overwrite=true"):
+        train(validate_tree(tree), show_progress=False)
+    assert train(validate_tree(tree), resume=True, show_progress=False).steps == 6
+
+
+def test_resume_refuses_a_new_length_under_a_decaying_schedule(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    import safetune.training as training
+
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
+    original, calls = training.compute_loss, {"n": 0}
+
+    def interrupt(methods, ctx, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(methods, ctx, model, batch)
+
+    monkeypatch.setattr(training, "compute_loss", interrupt)
+    with pytest.raises(Interrupted):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.setattr(training, "compute_loss", original)
+    tree["train"]["max_steps"] = 10
+    with pytest.raises(UsageError, match="train.max_steps 6 -> 10 would rebuild the cosine LR schedule"):
+        train(validate_tree(tree), resume=True, show_progress=False)
+
+
+def test_wall_time_accumulates_over_a_resume(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    import safetune.training as training
+
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
+    original, calls = training.compute_loss, {"n": 0}
+
+    def slow_then_interrupt(methods, ctx, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        import time
+
+        time.sleep(0.3)
+        return original(methods, ctx, model, batch)
+
+    monkeypatch.setattr(training, "compute_loss", slow_then_interrupt)
+    with pytest.raises(Interrupted):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.setattr(training, "compute_loss", original)
+    result = train(validate_tree(tree), resume=True, show_progress=False)
+    assert result.wall_time_s >= 0.6, "the first segment's time is counted"
+    assert not math.isnan(result.wall_time_s)
+
+
+def test_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tiny_data, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "taken")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        train(validate_tree(tree), show_progress=False)
