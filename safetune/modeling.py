@@ -187,9 +187,16 @@ def load_trained_weights(model, folder: Path, device) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter_model.safetensors", device=str(device)))
-    else:
-        # strict=False: tied weights (e.g. lm_head = embeddings) are stored once
-        model.load_state_dict(load_file(Path(folder) / "model.safetensors", device=str(device)), strict=False)
+        return
+    weights = load_file(Path(folder) / "model.safetensors", device=str(device))
+    if set(weights) <= set(model.state_dict()):
+        # tied weights (e.g. lm_head = embeddings) are stored once, so some keys may be absent
+        model.load_state_dict(weights, strict=False)
+        return
+    # Saved names differ from the module's (transformers renames some on load, e.g. GPT-NeoX's
+    # embed_out -> lm_head): let from_pretrained apply its own mapping, then copy everything.
+    loaded = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(loaded.state_dict())
 
 
 def _not_available(source: str, err: Exception) -> str:

@@ -332,8 +332,10 @@ class Trainer:
             env = collect_env() | {"seed": recipe.train.seed, "device_used": str(self.device),
                                    "processes": self.dist.world_size}
             write_atomic(self.run_dir / "env.json", json.dumps(env, indent=2))
-        # from here on randomness (dropout) differs per rank, as each rank sees other examples
-        torch.manual_seed(recipe.train.seed * 1000 + self.dist.rank + self.state.step * 7919)
+        if resume_from is None or not self.dist.is_main:
+            # from here on randomness (dropout) differs per rank, as each rank sees other examples;
+            # a resumed rank 0 continues with the generators saved in its checkpoint
+            torch.manual_seed(recipe.train.seed * 1000 + self.dist.rank + self.state.step * 7919)
 
     # ----------------------------------------------------------------------- state
     def capture_state(self) -> dict:

@@ -208,3 +208,18 @@ def test_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tiny_data, tmp_pa
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "taken")
     with pytest.raises(UsageError, match="is a file, not a folder"):
         train(validate_tree(tree), show_progress=False)
+
+
+def test_resume_is_exact_on_gpt_neox(tiny_data, tmp_path):
+    """GPT-NeoX saves `embed_out` but its module calls it `lm_head`: the resume must still load it."""
+    from tests.test_methods_sap import make_tiny_neox_dir
+
+    model_dir = make_tiny_neox_dir(tmp_path / "neox")
+    whole = train(validate_tree(make_recipe(model_dir, tiny_data, tmp_path / "whole", max_steps=4,
+                                            lr_schedule="constant")), show_progress=False)
+    split = make_recipe(model_dir, tiny_data, tmp_path / "split", max_steps=2, save_every=2, lr_schedule="constant")
+    train(validate_tree(split), show_progress=False)
+    split["train"]["max_steps"] = 4
+    resumed = train(validate_tree(split), resume=True, show_progress=False)
+    a, b = load_file(whole.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
