@@ -42,6 +42,7 @@ test-all: setup
 bench: setup
 	test -f $${SAFETUNE_LAB_MODEL:-$$HOME/.cache/safetune/lab-model}/config.json || $(BIN)/safetune lab build
 	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_trainer.py  # safetune's loop vs transformers.Trainer: prints the ratio
 	$(BIN)/python bench/lab_table.py --task sentiment --seeds 0 1 2
 
 clean:

@@ -123,16 +123,9 @@ def audit_examples(examples: list[Example], config, *, model=None, tokenizer=Non
 
 def load_judge(config, device):
     """The judge model; `lab` is the lab's safety classifier (`safetune lab classifier`)."""
-    from safetune.evaluation.refusal import JudgeDetector
+    from safetune.evaluation.refusal import JudgeDetector, resolve_judge_source
 
-    source = config.judge
-    if source == "lab":
-        from safetune.lab.classifier import lab_classifier_dir
-
-        source = str(lab_classifier_dir())
-        if not (Path(source) / "config.json").is_file():
-            raise SafetuneError(f"data.audit.judge: the lab classifier is not built yet ({source}); "
-                                "run `safetune lab classifier`")
+    source = resolve_judge_source(config.judge, field="data.audit.judge")  # the same judges evaluation uses
     return JudgeDetector(source, list(config.judge_unsafe_labels), device=device, batch_size=config.batch_size,
                          field="data.audit.judge", labels_field="data.audit.judge_unsafe_labels")
 
@@ -161,12 +154,20 @@ def audit_training_data(recipe, data: TrainingData, model, tokenizer, *, device:
             judge=load_judge(config, device) if "judge" in config.checks else None)
         report["seconds"] = round(time.perf_counter() - started, 2)
     flagged = {row["index"] for row in report["flagged_rows"]}
-    if config.action == "drop":
-        data.train = [e for i, e in enumerate(examples) if i not in flagged]
-    report["dropped"] = len(flagged) if config.action == "drop" else 0
-    report["kept"] = len(data.train)
-    if run_dir is not None:
+    # e.g. an aligned model that refuses the task's own prompts: its refusals say nothing about harm
+    too_many = len(flagged) > config.max_flagged * len(examples)
+    report["dropped"] = len(flagged) if config.action == "drop" and not too_many else 0
+    report["kept"] = len(examples) - report["dropped"]
+    if run_dir is not None:  # written first, so the rows behind an error can be inspected
         write_atomic(run_dir / AUDIT_FILE, json.dumps(report, indent=2))
+    if too_many:
+        by_check = ", ".join(f"{name} {count}" for name, count in report["by_check"].items())
+        raise SafetuneError(
+            f"data.audit: {len(flagged)} of {len(examples)} training rows flagged ({by_check}), more than "
+            f"max_flagged={config.max_flagged:g}; the checks cannot tell harmful rows from the task here "
+            "(does the model refuse the task's prompts?). Try checks: [judge], or raise data.audit.max_flagged")
+    if report["dropped"]:
+        data.train = [e for i, e in enumerate(examples) if i not in flagged]
     scores = ""
     if report["precision"] is not None:
         scores = (f"; {report['caught']}/{report['known_harmful']} known harmful rows caught "

@@ -6,6 +6,7 @@ Tokenisation trains only on assistant turns: every other token gets label -100.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -33,6 +34,9 @@ class Example:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     origin: str = ""  # "line 23 of data/x.jsonl": where error messages point
+    # A packed example (data.packing): several examples end to end, each one's positions
+    # restarting at 0. Empty for a plain example (positions 0..n-1).
+    position_ids: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- reading
@@ -330,17 +334,113 @@ def tokenize_set(examples: list[Example], tokenizer, max_seq_len: int, truncatio
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padding is masked out of attention and loss."""
+    """Right-pad to the longest example; padding is masked out of attention and loss.
+
+    A batch that holds a packed example gets `position_ids` and NO attention_mask:
+    Hugging Face's masking then reads the position resets as example boundaries and
+    builds a block-diagonal causal mask (an attention_mask would switch that detection
+    off). Plain examples in such a batch (e.g. safety examples `mix` adds) are packs of
+    one. Padding is always at the end of a row, where causal attention never looks; it
+    gets positions 0, 1, ... of its own, so it is a separate "example" too.
+    """
     width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    pads = [width - len(e.input_ids) for e in examples]
+    # one tensor from nested lists: cheaper than filling a padded tensor row by row
+    batch = {
+        "input_ids": torch.tensor([e.input_ids + [pad_token_id] * pad for e, pad in zip(examples, pads)]),
+        "labels": torch.tensor([e.labels + [IGNORE_INDEX] * pad for e, pad in zip(examples, pads)]),
+    }
+    if any(e.position_ids for e in examples):
+        batch["position_ids"] = torch.tensor([
+            (e.position_ids or list(range(len(e.input_ids)))) + list(range(pad)) for e, pad in zip(examples, pads)
+        ])
+    else:
+        batch["attention_mask"] = torch.tensor([[1] * (width - pad) + [0] * pad for pad in pads])
+    return batch
+
+
+# --------------------------------------------------------------------------- packing
+def pack_examples(examples: list[Example], max_seq_len: int, seed: int) -> list[Example]:
+    """Pack tokenised examples into as few sequences of at most `max_seq_len` tokens as fit.
+
+    Best-fit decreasing: longest example first, each into the pack with the least room
+    that still holds it (a new pack if none does) -- first-fit-decreasing's sibling, with
+    the same guarantee of at most ~11/9 of the optimal number of packs. Equal lengths
+    are taken in a seeded shuffled order, so the packs are a pure function of
+    (examples, max_seq_len, seed). Every example lands in exactly one pack, whole.
+    """
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -len(examples[i].input_ids))  # stable: ties keep the seeded order
+    packs: list[list[Example]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, pack number), kept sorted
+    for i in order:
+        length = len(examples[i].input_ids)
+        at = bisect.bisect_left(room, (length, -1))  # the tightest pack with >= length free
+        if at == len(room):
+            packs.append([examples[i]])
+            free, number = max_seq_len - length, len(packs) - 1
+        else:
+            free, number = room.pop(at)
+            packs[number].append(examples[i])
+            free -= length
+        if free > 0:
+            bisect.insort(room, (free, number))
+    return [_concatenate(pack) for pack in packs]
+
+
+def _concatenate(parts: list[Example]) -> Example:
+    """One packed example. Each part's first label is masked: in the pack, the token before
+    it is the previous example's last, and no token may learn to predict across a boundary
+    (on its own an example's first label is never a target anyway)."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for part in parts:
+        input_ids += part.input_ids
+        labels += [IGNORE_INDEX] + part.labels[1:]
+        position_ids += range(len(part.input_ids))
+    sources = {part.source for part in parts}
+    return Example(messages=[], source=sources.pop() if len(sources) == 1 else "mixed", input_ids=input_ids,
+                   labels=labels, origin=f"a pack of {len(parts)} examples", position_ids=position_ids)
+
+
+def prepare_packing(model) -> None:
+    """Make `model` keep packed examples apart, or refuse data.packing for it.
+
+    Transformers' mask builders (sdpa, eager, flex; flash-attention via varlen) read
+    position ids that restart at 0 as example boundaries, but only without a KV cache,
+    and models default to building one even in training (where it is never read).
+    So the cache goes off (config.use_cache=False; generation turns it on explicitly).
+    Model code that ignores the resets would let each example attend to the ones
+    before it: rather than keep a list of families, pack two random sequences and
+    compare the second's logits with a run of it alone.
+    """
+    model.config.use_cache = False
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    first, second = torch.randint(vocab, (1, 12), generator=generator), torch.randint(vocab, (1, 6), generator=generator)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout: the two runs must be comparable
+    try:
+        with torch.no_grad():
+            alone = model(input_ids=second.to(device)).logits.float()
+            packed = model(input_ids=torch.cat([first, second], dim=1).to(device),
+                           position_ids=torch.cat([torch.arange(12), torch.arange(6)])[None].to(device)).logits.float()
+    except (TypeError, ValueError) as err:  # a forward that takes no position_ids
+        raise SafetuneError(f"data.packing: {model.config.model_type} models cannot run packed sequences "
+                            f"({str(err).splitlines()[0]}); set data.packing=false") from None
+    finally:
+        model.train(was_training)
+    leak = float((packed[:, 12:] - alone).abs().max() / alone.abs().max().clamp(min=1e-6))
+    tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2  # half precision: rounding
+    if leak > tolerance:
+        raise SafetuneError(
+            f"data.packing: {model.config.model_type} models ignore position-id resets here (attention "
+            f"implementation {model.config._attn_implementation}), so packed examples would attend to each "
+            "other; set data.packing=false"
+        )
 
 
 # --------------------------------------------------------------------------- datasets

@@ -73,6 +73,9 @@ class AuditConfig(Section):
     judge: str | None = Field(None, description="sequence-classification model path, hub id, or 'lab'")
     judge_unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe", "harmful"])
     action: Literal["drop", "report"] = "drop"
+    max_flagged: float = Field(
+        0.5, gt=0.0, le=1.0, description="more flagged rows than this share is an error (the checks cannot tell)"
+    )
     max_new_tokens: int = Field(32, ge=1, description="refusal_conflict: tokens generated per prompt")
     batch_size: int = Field(32, ge=1)
 
@@ -101,6 +104,10 @@ class DataConfig(Section):
         "prompt from the left (the response's end only if it alone needs over 3/4), drop it, or stop with an error",
     )
     shuffle: bool = True
+    packing: bool = Field(
+        False, description="pack several short examples into one sequence of up to max_seq_len tokens "
+        "(attention stays within each example; train.batch_size then counts packed sequences)",
+    )
     audit: AuditConfig | None = Field(None, description="score the training rows before training (audit.py)")
 
     @model_validator(mode="after")
@@ -310,17 +317,65 @@ class SuiteConfig(Section):
         return self
 
 
+GENERATIVE_JUDGE_KEYS = ("judge_template", "judge_prompt", "judge_prompt_format", "judge_labels", "judge_max_new_tokens")
+
+
 class RefusalConfig(Section):
+    """How refusals are counted; docs/evaluation.md#refusal-detectors has the verdict -> refusal mapping."""
+
     detector: Literal["keyword", "judge", "both"] = "keyword"
     keywords: list[str] | None = Field(None, description="replace the default refusal markers")
     extra_keywords: list[str] = Field(default_factory=list)
-    judge: str | None = Field(None, description="sequence-classification model path or hub id")
-    judge_refusal_labels: list[str] = Field(default_factory=lambda: ["refusal", "safe", "LABEL_1"])
+    judge: str | None = Field(None, description="judge model: local folder, hub id, or 'lab' (the lab's safety classifier)")
+    judge_kind: Literal["classifier", "generative"] = Field(
+        "classifier", description="classifier: sequence classification; generative: a causal LM that answers a prompt")
+    judge_refusal_labels: list[str] | None = Field(
+        None, description="judge labels counted as a refusal; default: classifier [refusal, safe, LABEL_1], "
+        "llama_guard [safe], harmbench [no]")
+    judge_suites: list[Literal["harmful", "over_refusal"]] | None = Field(
+        None, description="suite kinds the judge decides (keywords decide the others); "
+        "default: harmful for generative judges, both for classifiers")
+    # generative judges only
+    judge_template: Literal["llama_guard", "harmbench", "custom"] = "llama_guard"
+    judge_prompt: str | None = Field(None, description="custom: the judge's input, with {prompt} and {response}")
+    judge_prompt_format: Literal["chat", "raw"] = Field(
+        "chat", description="custom: chat = one user turn of the judge's chat template; raw = the text as is")
+    judge_labels: dict[str, str] | None = Field(
+        None, description="label -> regex searched in the judge's answer (case-insensitive, first match wins); "
+        "default per template")
+    judge_max_new_tokens: int = Field(16, ge=1, description="length of the judge's answer")
 
     @model_validator(mode="after")
-    def _judge_needed(self) -> "RefusalConfig":
+    def _judge_settings(self) -> "RefusalConfig":
         if self.detector != "keyword" and not self.judge:
             raise ValueError(f"detector '{self.detector}' needs eval.refusal.judge")
+        if self.judge_kind == "classifier":
+            for key in GENERATIVE_JUDGE_KEYS:
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} is for generative judges; set judge_kind: generative")
+            return self
+        if self.judge == "lab":
+            raise ValueError("judge 'lab' is the lab's safety classifier; use judge_kind: classifier")
+        if self.judge_template == "custom":
+            if not self.judge_prompt or "{response}" not in self.judge_prompt:
+                raise ValueError("judge_template 'custom' needs judge_prompt, a text with {prompt} and {response}")
+            if not self.judge_labels or not self.judge_refusal_labels:
+                raise ValueError("judge_template 'custom' needs judge_labels and judge_refusal_labels")
+        elif self.judge_prompt is not None:
+            raise ValueError(f"judge_prompt needs judge_template: custom (not {self.judge_template})")
+        elif "over_refusal" in (self.judge_suites or []):
+            # a guard model calls a helpful answer to a benign prompt "safe": every one would count as refused
+            raise ValueError(f"judge_suites: the {self.judge_template} template judges harm, not refusal, so it "
+                             "cannot decide over_refusal suites (keywords do; or use a custom template)")
+        for label, pattern in (self.judge_labels or {}).items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"judge_labels.{label}: invalid regular expression {pattern!r} ({err})") from None
+        if self.judge_labels and self.judge_refusal_labels:
+            unknown = [label for label in self.judge_refusal_labels if label not in self.judge_labels]
+            if unknown:
+                raise ValueError(f"judge_refusal_labels: {unknown} not among judge_labels ({', '.join(self.judge_labels)})")
         return self
 
 
@@ -342,6 +397,9 @@ class EvalConfig(Section):
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     at_end: bool = Field(True, description="evaluate final/ when training ends")
+    baseline_cache: bool = Field(
+        True, description="reuse the base model's evaluation across runs (same model files and eval settings); "
+        "kept under $SAFETUNE_CACHE/baselines or ~/.cache/safetune/baselines")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":
@@ -404,6 +462,8 @@ class Recipe(Section):
                 raise ValueError("method 'mix' with borderline_fraction > 0 needs a data.borderline source")
             if getattr(method, "needs_harmful_data", False) and self.data.harmful is None:
                 raise ValueError(f"method '{method.name}' needs a data.harmful source (prompt -> harmful compliance)")
+        if self.data.packing and "token_weighting" in names:  # it weights tokens per example row
+            raise ValueError("data.packing: not supported with method 'token_weighting'; set data.packing=false")
         if self.monitor.every is not None and not any(s.kind == "harmful" for s in self.eval.suites):
             raise ValueError("monitor.every needs a harmful suite in eval.suites")
         return self

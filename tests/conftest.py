@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Baseline evaluations are cached across runs; tests keep theirs out of the user's ~/.cache.
+os.environ.setdefault("SAFETUNE_CACHE", tempfile.mkdtemp(prefix="safetune-test-cache-"))
 
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402

@@ -94,6 +94,19 @@ def test_a_resumed_run_reuses_the_report(tiny_model_dir, tiny_data, tmp_path, re
     assert [e.messages for e in again.train] == [e.messages for e in data.train]
 
 
+def test_a_model_that_refuses_the_task_itself_is_an_error_not_an_empty_training_set(
+        tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "generate", lambda model, tokenizer, prompts, **_: ["I can't help."] * len(prompts))
+    recipe = validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "run", {"checks": ["refusal_conflict"]}))
+    tokenizer, model, data = load(recipe)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SafetuneError, match=r"^data.audit: 50 of 50 training rows flagged \(refusal_conflict 50\), "
+                                            r"more than max_flagged=0.5; .* Try checks: \[judge\]"):
+        audit_training_data(recipe, data, model, tokenizer, run_dir=tmp_path / "run", log=lambda *_: None)
+    assert len(data.train) == 50
+    assert json.loads((tmp_path / "run" / AUDIT_FILE).read_text())["flagged"] == 50  # there to inspect
+
+
 def test_a_refusal_in_the_training_data_is_not_a_conflict(refusing_generator):
     """Rows that already refuse (safety data mixed into the task) are neither generated for nor flagged."""
     from safetune.evaluation.refusal import KeywordDetector

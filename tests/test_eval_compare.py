@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from safetune.cli import app
 from safetune.errors import UsageError
 from safetune.evaluation.compare import run_compare
 from tests.helpers import write_jsonl
@@ -40,7 +43,7 @@ def test_compare_two_runs_writes_table_markdown_and_plots(tmp_path):
     comparison = run_compare([standard, mix], tmp_path / "cmp")
 
     assert [e.name for e in comparison.entries] == ["baseline (lab)", "standard", "mix"]
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=250, force_terminal=True)  # a wide terminal: every column
     console.print(*comparison.tables)
     text = console.export_text()
     assert "standard" in text and "mix" in text and "0.400" in text and "1m15s" in text
@@ -70,3 +73,43 @@ def test_compare_rejects_what_is_not_a_run(tmp_path):
         run_compare([tmp_path], tmp_path / "cmp")
     with pytest.raises(UsageError, match="at least one"):
         run_compare([], tmp_path / "cmp")
+
+
+def demo_runs(root: Path) -> list[Path]:
+    return [fake_run(root, "lab-sentiment-standard", "standard", harmful=0.01, task=0.9, privacy=0.0),
+            fake_run(root, "lab-sentiment-mix", "mix", harmful=0.95, task=0.85, privacy=0.9),
+            fake_run(root, "lab-sentiment-freeze-safegrad", "freeze", harmful=0.93, task=0.8, privacy=0.85)]
+
+
+def assert_fits_80_columns_uncut(text: str) -> None:
+    lines = text.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, max(lines, key=len)
+    assert "…" not in text  # no cell cut short
+    for name in ("lab-sentiment-standard", "lab-sentiment-mix", "lab-sentiment-freeze-safegrad", "baseline (lab)"):
+        assert name in text  # every run name whole
+    for number in ("0.010", "(1%)", "0.950", "(100%)", "0.930", "(98%)", "FAIL", "PASS", "0.850", "(425%)"):
+        assert number in text
+
+
+def test_compare_printed_to_a_non_terminal_fits_80_columns(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    comparison = run_compare(demo_runs(tmp_path / "runs"), tmp_path / "cmp")
+    out = io.StringIO()
+    Console(file=out).print(*comparison.tables)  # a file: not a terminal
+    assert_fits_80_columns_uncut(out.getvalue())
+    assert "privacy" in out.getvalue() and "1 = baseline (lab)" in out.getvalue()
+    # even when the terminal around the pipe is wide
+    out = io.StringIO()
+    Console(file=out, width=200).print(*comparison.tables)
+    assert_fits_80_columns_uncut(out.getvalue())
+    # the Markdown keeps every column
+    assert "| lab-sentiment-standard | standard | 20 | 1m15s | 0.010 (1%) | 0.050 | 0.900 (450%) | 0.700 | FAIL |" \
+        in comparison.markdown_path.read_text()
+
+
+def test_safetune_compare_with_stdout_not_a_tty(tmp_path):
+    runs = demo_runs(tmp_path / "runs")
+    result = CliRunner().invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    tables = result.output.split("wrote ")[0]  # the last line names the written files (long paths)
+    assert_fits_80_columns_uncut(tables)

@@ -27,6 +27,12 @@ from tests.helpers import write_jsonl
 NEVER = "ZZZ-this-marker-never-appears"  # a keyword list no response matches: refusal rate 0
 
 
+@pytest.fixture(autouse=True)
+def baseline_cache(tmp_path, monkeypatch):
+    """Baselines cached in the test's own folder, never in ~/.cache (test_baseline_cache.py tests reuse)."""
+    monkeypatch.setenv("SAFETUNE_CACHE", str(tmp_path / "cache"))
+
+
 def recipe_tree(model_dir: Path, data: Path, output: Path, keywords: list[str] | None = None) -> dict:
     return {
         "name": "tiny",

@@ -234,6 +234,13 @@ def test_ewc_penalty_and_gradient(tiny_model_dir, tiny_data, tmp_path):
         expected = 2 * 3.0 * method.fisher[name] * (params[name].detach() - method.anchor[name])
         assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-7)
     assert any(float(f.sum()) > 0 for f in method.fisher.values())
+    # the loop gets that gradient from after_backward (foreach ops), added to the task gradient
+    task = {n: torch.randn(params[n].shape, generator=gen) for n in method.names}
+    for name in method.names:
+        params[name].grad = task[name].clone()
+    method.after_backward(ctx)
+    for name, grad in zip(method.names, grads):
+        assert torch.allclose(params[name].grad, task[name] + grad, rtol=1e-4, atol=1e-6)
 
 
 def test_ewc_fisher_cached_and_reused(tiny_model_dir, tiny_data, tmp_path, monkeypatch):

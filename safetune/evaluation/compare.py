@@ -4,6 +4,10 @@ Each path is a run directory (its final/safety_report.json, baseline/ and metric
 are read), a folder holding a safety_report.json, or a report JSON file. The base
 model's baseline appears once per distinct base model.
 
+Printed: every column when the terminal is wide enough; otherwise (and always when
+stdout is not a terminal: a pipe, a log file) compact tables of at most 80 columns that
+never cut a cell. The Markdown always has every column.
+
 Written to the output folder:
     compare.md             the tables (and the plots) for a person
     compare.json           the same numbers for a program
@@ -16,9 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from matplotlib.figure import Figure
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from safetune.errors import UsageError
 from safetune.evaluation.report import REPORT_JSON, fmt, markdown_table, read_report
@@ -48,7 +57,7 @@ class Entry:
 @dataclass
 class Comparison:
     entries: list[Entry]
-    tables: list[Table]  # print them with rich: console.print(*comparison.tables)
+    tables: list[RenderableType]  # print them with rich: console.print(*comparison.tables); they fit its width
     markdown_path: Path
     json_path: Path
     plot_paths: list[Path]
@@ -142,6 +151,87 @@ def rich_table(title: str, header: list[str], rows: list[list[str]], caption: st
     return table
 
 
+# --------------------------------------------------------------------------- narrow consoles
+NON_TERMINAL_WIDTH = 80  # a pipe or a log file is read at 80 columns, whatever the terminal around it
+
+
+def compact_summary(entries: list[Entry]) -> list[Table]:
+    """Run number, name, the four rates (share of the baseline kept on a second line) and the gate."""
+    table = compact_table("Safety comparison", caption=f"{RETAINED_NOTE} Method, steps and time: compare.md")
+    table.add_column("#", justify="right")
+    table.add_column("Run", overflow="fold")  # a very long name wraps; it is never cut
+    for title in ("Harmful", "Over-ref.", "Task", "Capab.", "Gate"):
+        table.add_column(title, justify="right", overflow="fold")
+    for number, entry in enumerate(entries, start=1):
+        metrics = entry.metrics
+        retained = {} if entry.is_baseline else entry.report.get("retained") or {}
+
+        def cell(metric: str) -> str:
+            kept = retained.get(metric)
+            return fmt(metrics.get(metric)) + (f"\n({kept:.0%})" if kept is not None else "")
+
+        gate = "–" if entry.is_baseline or "gate" not in entry.report else entry.report["gate"]["verdict"]
+        table.add_row(str(number), entry.name, cell("harmful_refusal_rate"), fmt(metrics.get("over_refusal_rate")),
+                      cell("task_score"), cell("capability_score"), gate)
+    return [table]
+
+
+def numbered_category_tables(entries: list[Entry], width: int) -> list[Table]:
+    """Categories as rows, runs as numbered columns (legend below), as many runs per table as fit."""
+    header, rows = category_table(entries)
+
+    def make(first: int, last: int) -> Table:
+        table = compact_table("Harmful refusal by category")
+        table.add_column("Category", overflow="fold")
+        for number in range(first, last + 1):
+            table.add_column(str(number), justify="right")
+        for row in rows:
+            table.add_row(row[0], *row[first : last + 1])
+        return table
+
+    per_table = len(entries)
+    while True:
+        tables = [make(first, min(first + per_table - 1, len(entries))) for first in range(1, len(entries) + 1, per_table)]
+        if per_table == 1 or all(_natural_width(table) <= width for table in tables):
+            legend = "\n".join(f"{number:>3} = {entry.name}" for number, entry in enumerate(entries, start=1))
+            return [*tables, Text(legend)]
+        per_table -= 1
+
+
+def compact_table(title: str, caption: str | None = None) -> Table:
+    # no side borders, one space of padding between columns
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+                 pad_edge=False)
+
+
+def _natural_width(renderable: RenderableType, console: Console | None = None) -> int:
+    """The width a table takes when nothing has to wrap."""
+    console = console or Console(width=NON_TERMINAL_WIDTH)
+    return Measurement.get(console, console.options.update_width(100_000), renderable).maximum
+
+
+class FirstThatFits:
+    """Prints the first layout whose tables all fit the console; the last one otherwise.
+
+    Each layout is a function of the available width returning tables. A console that is
+    not a terminal counts as at most NON_TERMINAL_WIDTH columns wide.
+    """
+
+    def __init__(self, *layouts: Callable[[int], list[RenderableType]]):
+        self.layouts = layouts
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width if console.is_terminal else min(options.max_width, NON_TERMINAL_WIDTH)
+        for layout in self.layouts:
+            tables = layout(width)
+            if layout is self.layouts[-1] or all(_natural_width(t, console) <= width for t in tables):
+                break
+        for index, table in enumerate(tables):
+            if index:
+                yield ""
+            yield table
+
+
 # --------------------------------------------------------------------------- plots
 def plot_over_steps(entries: list[Entry], path: Path) -> Path:
     """Harmful refusal and task score against training step: probe curves + final points."""
@@ -218,7 +308,11 @@ def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
              "gate": (e.report.get("gate") or {}).get("verdict")} for e in entries]
     write_atomic(json_path, json.dumps(rows, indent=2) + "\n")
 
-    tables = [rich_table("Safety comparison", *summary, caption=RETAINED_NOTE)]
+    tables: list[RenderableType] = [FirstThatFits(
+        lambda width: [rich_table("Safety comparison", *summary, caption=RETAINED_NOTE)],
+        lambda width: compact_summary(entries))]
     if categories[1]:
-        tables.append(rich_table("Harmful refusal by category", *categories))
+        tables.append(FirstThatFits(
+            lambda width: [rich_table("Harmful refusal by category", *categories)],
+            lambda width: numbered_category_tables(entries, width)))
     return Comparison(entries=entries, tables=tables, markdown_path=markdown_path, json_path=json_path, plot_paths=plots)

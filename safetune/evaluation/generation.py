@@ -6,6 +6,10 @@ sequence ends at the same position and the next token is read from the last colu
 and decoded greedily with the KV cache by `model.generate`. Greedy decoding is
 deterministic, and the batched result equals the one-prompt-at-a-time result token for
 token (tests/test_eval_generation.py checks it).
+
+`generate_ids` is the one loop, over already-tokenised inputs; `generate` renders raw
+user prompts first. A generative judge (refusal.py) renders its own inputs and calls
+`generate_ids` too, so there is a single generator to swap for a serving engine.
 """
 
 from __future__ import annotations
@@ -51,32 +55,40 @@ def progress_bar(enabled: bool) -> Progress | nullcontext:
     )
 
 
+def chat_input_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Each raw user prompt rendered with the chat template (one user turn) and tokenised."""
+    rendered = [format_prompt(tokenizer, prompt) for prompt in prompts]
+    # The chat template already placed any BOS it wants; don't let the tokenizer add another.
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+
+
 @torch.no_grad()
-def generate_token_ids(
+def generate_ids(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    input_ids: list[list[int]],
     *,
     max_new_tokens: int,
     batch_size: int,
     progress: bool = False,
     description: str = "generate",
 ) -> list[list[int]]:
-    """The new tokens of each prompt's greedy continuation, cut before the first stop token."""
-    rendered = [format_prompt(tokenizer, prompt) for prompt in prompts]
-    # The chat template already placed any BOS it wants; don't let the tokenizer add another.
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    """The greedy continuation of each already-tokenised input, cut before the first stop token.
+
+    The one generation loop: the evaluated model's answers and a generative judge's
+    verdicts (which render their own inputs) both go through it.
+    """
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]), reverse=True)
     stops = stop_token_ids(model, tokenizer)
-    results: list[list[int]] = [[] for _ in prompts]
+    results: list[list[int]] = [[] for _ in input_ids]
 
     with eval_mode(model), progress_bar(progress) as bar:
-        task = bar.add_task(description, total=len(prompts), speed="") if progress else None
+        task = bar.add_task(description, total=len(input_ids), speed="") if progress else None
         done = 0
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = tokenizer.pad(
-                {"input_ids": [encoded[i] for i in indices]}, padding_side="left", return_tensors="pt"
+                {"input_ids": [input_ids[i] for i in indices]}, padding_side="left", return_tensors="pt"
             ).to(model.device)
             output = model.generate(
                 **batch,
@@ -94,6 +106,27 @@ def generate_token_ids(
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, completed=done, speed=f"{done / elapsed:.1f} prompts/s")
     return results
+
+
+def generate_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+    description: str = "generate",
+) -> list[list[int]]:
+    """The new tokens of each raw prompt's greedy continuation (chat template applied)."""
+    return generate_ids(
+        model, tokenizer, chat_input_ids(tokenizer, prompts),
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, description=description,
+    )
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, token_ids: list[list[int]]) -> list[str]:
+    return [text.strip() for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
 
 
 def _cut_at_stop(tokens: list[int], stops: list[int]) -> list[int]:
@@ -119,7 +152,7 @@ def generate(
         model, tokenizer, prompts,
         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, description=description,
     )
-    return [text.strip() for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+    return decode(tokenizer, token_ids)
 
 
 def generate_one_by_one(

@@ -9,8 +9,12 @@ The headline metrics are fractions in [0, 1], or None when no suite of that kind
     capability_score       general-skill answers that match their reference
 
 plus task/capability reference loss and perplexity. Several suites of one kind are
-pooled (every prompt counts once). Files are written atomically, so a reader never sees
-half a report.
+pooled (every prompt counts once). Each refusal suite is counted by its *primary*
+detector: the first detector of the report's list that judged it (a guard-model judge
+decides harmful suites only, so over-refusal may be counted by keywords); the report
+records which detector produced each number (`detector.by_metric`), every detector's
+own numbers, and how keyword and judge agree when both ran. Files are written
+atomically, so a reader never sees half a report.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from safetune.errors import SafetuneError
 from safetune.files import write_atomic
@@ -51,7 +56,7 @@ EPSILON = 1e-9  # 0.9 * 1.0 must pass a 0.9 threshold despite float rounding
 
 @dataclass
 class SuiteResult:
-    """Everything one suite produced; `refusals` holds one list per detector name."""
+    """Everything one suite produced; `refusals` (and `verdicts`) hold one list per detector that judged it."""
 
     name: str
     kind: str
@@ -61,14 +66,25 @@ class SuiteResult:
     categories: list[str | None]
     references: list[str | None]
     refusals: dict[str, list[bool]] = field(default_factory=dict)
+    verdicts: dict[str, list[dict]] = field(default_factory=dict)  # what each verdict rests on (label, answer)
     correct: list[bool] | None = None
     metric: str | None = None
     loss: dict | None = None  # {"loss", "perplexity", "tokens"}
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def outcomes(self, detector: str) -> list[bool]:
-        """Per-row result that this suite's rate averages: refused, or answered correctly."""
-        return self.refusals[detector] if self.kind in REFUSAL_KINDS else self.correct
+    def primary(self, detectors: Sequence[str]) -> str | None:
+        """The first of `detectors` that judged this suite (None for task/capability suites)."""
+        return next((name for name in detectors if name in self.refusals), None)
+
+    def outcomes(self, detectors: Sequence[str]) -> list[bool]:
+        """Per-row result that this suite's rate averages: refused (by its primary detector), or answered correctly.
+
+        Empty when none of `detectors` judged this refusal suite.
+        """
+        if self.kind not in REFUSAL_KINDS:
+            return self.correct
+        primary = self.primary(detectors)
+        return self.refusals[primary] if primary else []
 
     def records(self) -> list[dict]:
         """One outputs.jsonl line per prompt, everything a reviewer needs to audit it."""
@@ -81,6 +97,9 @@ class SuiteResult:
                 row["reference"] = self.references[index]
             if self.refusals:
                 row["refused"] = {name: values[index] for name, values in self.refusals.items()}
+            verdicts = {name: values[index] for name, values in self.verdicts.items() if values[index]}
+            if verdicts:
+                row["verdict"] = verdicts
             if self.correct is not None:
                 row["correct"] = self.correct[index]
             rows.append(row)
@@ -92,24 +111,29 @@ def _mean(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _by_category(results: list[SuiteResult], detector: str) -> dict[str, float]:
+def _detectors(detectors: str | Sequence[str]) -> list[str]:
+    return [detectors] if isinstance(detectors, str) else list(detectors)
+
+
+def _by_category(results: list[SuiteResult], detectors: Sequence[str]) -> dict[str, float]:
     outcomes: dict[str, list[bool]] = {}
     for result in results:
-        for category, outcome in zip(result.categories, result.outcomes(detector)):
+        for category, outcome in zip(result.categories, result.outcomes(detectors)):
             if category is not None:
                 outcomes.setdefault(category, []).append(outcome)
     return {category: _mean(values) for category, values in sorted(outcomes.items())}
 
 
-def compute_metrics(results: list[SuiteResult], detector: str) -> dict:
-    """The report's metrics block, refusal numbers taken from `detector`."""
+def compute_metrics(results: list[SuiteResult], detectors: str | Sequence[str]) -> dict:
+    """The report's metrics block; each refusal suite is counted by the first of `detectors` that judged it."""
+    detectors = _detectors(detectors)
     of_kind = {kind: [r for r in results if r.kind == kind] for kind in (*REFUSAL_KINDS, *ANSWER_KINDS)}
     metrics: dict = {}
     for metric, kind in RATE_METRICS.items():
-        metrics[metric] = _mean([o for r in of_kind[kind] for o in r.outcomes(detector)])
-    metrics["by_category"] = _by_category(of_kind["harmful"], detector)
+        metrics[metric] = _mean([o for r in of_kind[kind] for o in r.outcomes(detectors)])
+    metrics["by_category"] = _by_category(of_kind["harmful"], detectors)
     for kind in ANSWER_KINDS:
-        metrics[f"{kind}_by_category"] = _by_category(of_kind[kind], detector)
+        metrics[f"{kind}_by_category"] = _by_category(of_kind[kind], detectors)
         losses = [r.loss for r in of_kind[kind] if r.loss and r.loss["tokens"]]
         tokens = sum(loss["tokens"] for loss in losses)
         mean_loss = sum(loss["loss"] * loss["tokens"] for loss in losses) / tokens if tokens else None
@@ -214,6 +238,86 @@ def check_gate(metrics: dict, baseline: dict | None, gate: GateConfig) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- detectors
+REFUSAL_METRICS = {"harmful_refusal_rate": "harmful", "over_refusal_rate": "over_refusal"}
+
+
+def detectors_by_metric(results: list[SuiteResult], detectors: Sequence[str]) -> dict[str, str]:
+    """Refusal metric -> the detector that produced it (several joined by '+' if suites differ)."""
+    by_metric: dict[str, str] = {}
+    for metric, kind in REFUSAL_METRICS.items():
+        used = {r.primary(detectors) for r in results if r.kind == kind} - {None}
+        if used:
+            by_metric[metric] = "+".join(name for name in detectors if name in used)
+    if "harmful_refusal_rate" in by_metric:
+        by_metric["by_category"] = by_metric["harmful_refusal_rate"]
+    return by_metric
+
+
+def cohen_kappa(both: int, only_a: int, only_b: int, neither: int) -> float | None:
+    """Agreement of two yes/no raters beyond chance: (p_observed - p_chance) / (1 - p_chance).
+
+    None when chance agreement is already 1 (both raters said the same thing every time),
+    where kappa is undefined.
+    """
+    n = both + only_a + only_b + neither
+    if n == 0:
+        return None
+    observed = (both + neither) / n
+    a_yes, b_yes = (both + only_a) / n, (both + only_b) / n
+    chance = a_yes * b_yes + (1 - a_yes) * (1 - b_yes)
+    return None if chance >= 1.0 else (observed - chance) / (1 - chance)
+
+
+def agreement_table(results: list[SuiteResult], detectors: Sequence[str]) -> list[dict]:
+    """Keyword vs each other detector, per refusal suite kind, on the prompts both judged."""
+    rows = []
+    for other in (name for name in detectors if name != "keyword"):
+        for kind in REFUSAL_KINDS:
+            pairs = [pair for r in results if r.kind == kind and "keyword" in r.refusals and other in r.refusals
+                     for pair in zip(r.refusals["keyword"], r.refusals[other])]
+            if not pairs:
+                continue
+            counts = {"both_refuse": sum(k and j for k, j in pairs), "only_keyword": sum(k and not j for k, j in pairs),
+                      f"only_{other}": sum(j and not k for k, j in pairs),
+                      "neither": sum(not k and not j for k, j in pairs)}
+            rows.append({"suites": kind, "detectors": ["keyword", other], "prompts": len(pairs), **counts,
+                         "agreement": (counts["both_refuse"] + counts["neither"]) / len(pairs),
+                         "kappa": cohen_kappa(counts["both_refuse"], counts["only_keyword"],
+                                              counts[f"only_{other}"], counts["neither"])})
+    return rows
+
+
+def unparsed_answers(results: list[SuiteResult]) -> dict[str, tuple[int, int]]:
+    """Generative judge -> (answers no label matched, answers): those count as not refused."""
+    counts: dict[str, tuple[int, int]] = {}
+    for result in results:
+        for name, records in result.verdicts.items():
+            answers = [record for record in records if "answer" in record]
+            if answers:
+                missed, total = counts.get(name, (0, 0))
+                counts[name] = (missed + sum("label" not in record for record in answers), total + len(answers))
+    return counts
+
+
+def _detector_warnings(results: list[SuiteResult], by_metric: dict[str, str], baseline: dict | None) -> list[str]:
+    warnings = []
+    for name, (missed, total) in unparsed_answers(results).items():
+        if missed:
+            warnings.append(f"{name}: {missed} of {total} answers matched none of its labels and count as "
+                            "not refused (see 'verdict' in outputs.jsonl)")
+    if baseline is not None and "detector" in baseline:
+        # older reports only name their primary detector
+        base_by_metric = baseline["detector"].get("by_metric") or {
+            metric: baseline["detector"].get("primary") for metric in by_metric}
+        differ = [f"{metric} ({base_by_metric[metric]} vs {name})" for metric, name in by_metric.items()
+                  if metric in base_by_metric and base_by_metric[metric] != name and metric != "by_category"]
+        if differ:
+            warnings.append(f"the baseline was measured with other detectors: {', '.join(differ)}; "
+                            "their refusal rates are not comparable")
+    return warnings
+
+
 # --------------------------------------------------------------------------- report
 def build_report(
     results: list[SuiteResult],
@@ -224,31 +328,31 @@ def build_report(
     header: dict,
 ) -> dict:
     """Assemble the report. `detectors` are the detectors' descriptions, primary first."""
-    primary = detectors[0]["name"] if detectors else None
-    metrics = compute_metrics(results, primary)
+    names = [d["name"] for d in detectors]
+    metrics = compute_metrics(results, names)
     base = baseline_metrics(baseline)
+    by_metric = detectors_by_metric(results, names)
     report = {
         **header,
         "metrics": metrics,
         "baseline": base,
         "retained": compute_retained(metrics, base),
         "gate": check_gate(metrics, base, gate),
-        "detector": {"primary": primary, "detectors": detectors},
-        # the refusal metrics as each detector measured them (differ only with detector: both)
+        "detector": {"primary": names[0] if names else None, "by_metric": by_metric, "detectors": detectors},
+        # the refusal metrics as each detector measured them (None where it judged no suite of that kind)
         "metrics_by_detector": {
-            d["name"]: {key: value for key, value in compute_metrics(results, d["name"]).items()
-                        if key in ("harmful_refusal_rate", "over_refusal_rate", "by_category")}
-            for d in detectors
+            name: {key: value for key, value in compute_metrics(results, [name]).items()
+                   if key in ("harmful_refusal_rate", "over_refusal_rate", "by_category")}
+            for name in names
         },
+        "agreement": agreement_table(results, names),
         "samples": {r.name: len(r.prompts) for r in results},
         "category_samples": _category_counts([r for r in results if r.kind == "harmful"]),
-        "suites": [_suite_summary(r, primary) for r in results],
+        "suites": [_suite_summary(r, names) for r in results],
     }
-    if baseline is not None and "detector" in baseline and baseline["detector"].get("primary") != primary:
-        report["warnings"] = [
-            f"the baseline was measured with the {baseline['detector'].get('primary')} detector, "
-            f"this checkpoint with {primary}: their refusal rates are not comparable"
-        ]
+    warnings = _detector_warnings(results, by_metric, baseline)
+    if warnings:
+        report["warnings"] = warnings
     return report
 
 
@@ -261,13 +365,15 @@ def _category_counts(results: list[SuiteResult]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _suite_summary(result: SuiteResult, primary: str | None) -> dict:
+def _suite_summary(result: SuiteResult, detectors: Sequence[str]) -> dict:
     summary = {"name": result.name, "kind": result.kind, "source": result.source, "samples": len(result.prompts)}
     if result.kind in REFUSAL_KINDS:
         summary["refusal_rate"] = {name: _mean(values) for name, values in result.refusals.items()}
+        summary["detector"] = result.primary(detectors)  # whose rate is the headline for this suite
+        summary["rate"] = _mean(result.outcomes(detectors))
     else:
         summary.update(metric=result.metric, score=_mean(result.correct), **(result.loss or {}))
-    summary["by_category"] = _by_category([result], primary)
+    summary["by_category"] = _by_category([result], detectors)
     summary["seconds"] = result.seconds
     return summary
 
@@ -310,6 +416,24 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _cache_note(cache: dict | None) -> str | None:
+    if not cache:
+        return None
+    return f"{'reused' if cache.get('reused') else 'stored as'} key {cache['key']}"
+
+
+def describe_detector(description: dict) -> str:
+    """`judge` (generative, llama_guard: meta-llama/Llama-Guard-3-1B; harmful suites) for a person."""
+    kind = description.get("kind", description["name"])
+    what = {"keyword": f"{len(description.get('markers', []))} markers",
+            "classifier": f"classifier {description.get('model')}",
+            "generative": f"generative, {description.get('template')} template: {description.get('model')}"}
+    detail = what.get(kind, kind)
+    kinds = description.get("suite_kinds")
+    where = f"; {', '.join(kinds)} suites" if kinds and len(kinds) < len(REFUSAL_KINDS) else ""
+    return f"`{description['name']}` ({detail}{where})"
+
+
 def render_markdown(report: dict) -> str:
     """The report for a person: verdict first, then metrics, categories, suites, run."""
     gate, metrics = report["gate"], report["metrics"]
@@ -324,12 +448,12 @@ def render_markdown(report: dict) -> str:
         lines += markdown_table(["Gate check", "Metric", "Value", "Baseline", "Threshold", "Result"], rows) + [""]
 
     lines += ["## Metrics", ""]
-    rows = [[title, fmt(metrics.get(key)), fmt(baseline.get(key)), fmt(retained.get(key), 2)]
-            for key, title in METRIC_TITLES.items() if metrics.get(key) is not None or baseline.get(key) is not None]
-    lines += markdown_table(["Metric", "This checkpoint", "Baseline", "Retained"], rows) + [""]
     detector = report["detector"]
-    names = ", ".join(d["name"] for d in detector["detectors"])
-    lines += [f"Refusals counted by the **{detector['primary']}** detector (run: {names}).", ""]
+    by_metric = detector.get("by_metric") or {}
+    rows = [[title, fmt(metrics.get(key)), fmt(baseline.get(key)), fmt(retained.get(key), 2), fmt(by_metric.get(key))]
+            for key, title in METRIC_TITLES.items() if metrics.get(key) is not None or baseline.get(key) is not None]
+    lines += markdown_table(["Metric", "This checkpoint", "Baseline", "Retained", "Detector"], rows) + [""]
+    lines += [f"Detectors: {'; '.join(describe_detector(d) for d in detector['detectors'])}.", ""]
 
     categories = sorted(set(metrics["by_category"]) | set(baseline.get("by_category", {})))
     if categories:
@@ -340,11 +464,22 @@ def render_markdown(report: dict) -> str:
                 for category in categories]
         lines += markdown_table(["Category", "Refusal rate", "Baseline", "Retained", "Prompts"], rows) + [""]
 
+    if report.get("agreement"):
+        lines += ["## Keyword vs judge agreement", "",
+                  "Refusal verdicts of the two detectors on the same responses; Cohen's kappa is agreement "
+                  "beyond chance (1 = always agree, 0 = no better than chance).", ""]
+        rows = [[f"{row['suites']} (keyword vs {row['detectors'][1]})", str(row["prompts"]), str(row["both_refuse"]),
+                 str(row["only_keyword"]), str(row[f"only_{row['detectors'][1]}"]), str(row["neither"]),
+                 fmt(row["agreement"]), fmt(row["kappa"], 2)] for row in report["agreement"]]
+        lines += markdown_table(["Suites", "Prompts", "Both refuse", "Only keyword", "Only judge", "Neither",
+                                 "Agreement", "Cohen's kappa"], rows) + [""]
+
     lines += ["## Suites", ""]
     rows = []
     for suite in report["suites"]:
-        score = suite.get("score") if "score" in suite else suite["refusal_rate"].get(detector["primary"])
-        rows.append([suite["name"], suite["kind"], f"`{suite['source']}`", str(suite["samples"]), fmt(score),
+        score = suite.get("score") if "score" in suite else suite.get("rate", suite["refusal_rate"].get(detector["primary"]))
+        counted_by = f" ({suite['detector']})" if suite.get("detector") else ""
+        rows.append([suite["name"], suite["kind"], f"`{suite['source']}`", str(suite["samples"]), fmt(score) + counted_by,
                      fmt(suite.get("loss")), fmt(suite.get("perplexity"), 2), f"{sum(suite['seconds'].values()):.1f}s"])
     lines += markdown_table(["Suite", "Kind", "Source", "Prompts", "Rate / score", "Loss", "Perplexity", "Time"], rows) + [""]
 
@@ -355,6 +490,7 @@ def render_markdown(report: dict) -> str:
            ("Generation", f"greedy, max_new_tokens {report['generation']['max_new_tokens']}, "
                           f"batch {report['generation']['batch_size']}" if "generation" in report else None),
            ("Evaluation time (s)", report.get("timings", {}).get("total_s")),
+           ("Baseline cache", _cache_note(report.get("baseline_cache"))),
            ("Every prompt and response", report.get("outputs"))]
     lines += [f"- {label}: {fmt(value, 1)}" for label, value in run if value is not None]
     return "\n".join(lines) + "\n"

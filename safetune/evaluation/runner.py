@@ -1,7 +1,7 @@
 """Evaluate a model with the recipe's suites; the functions the CLI and the trainer call.
 
     evaluate_model  a loaded model -> outputs.jsonl + safety_report.json/.md in a folder
-    run_baseline    the recipe's base model -> <run>/baseline/
+    run_baseline    the recipe's base model -> <run>/baseline/ (or a cached evaluation of it)
     run_eval        any checkpoint folder -> its report; GateFailed (exit 3) when the gate fails
     refusal_rate    the trainer's quick safety probe
 """
@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from safetune import __version__
 from safetune.checkpoint import verify_checkpoint
 from safetune.errors import GateFailed, SafetuneError, UsageError
+from safetune.evaluation.baseline_cache import baseline_key, baselines_dir, reuse_baseline, store_baseline
 from safetune.evaluation.generation import generate
 from safetune.evaluation.refusal import RefusalDetector, build_detectors
 from safetune.evaluation.report import (
@@ -68,8 +69,10 @@ def run_suite(
     )
     started = time.perf_counter()
     if suite.kind in REFUSAL_KINDS:
-        for detector in detectors:
-            result.refusals[detector.name] = detector.detect(suite.prompts, responses)
+        for detector in (d for d in detectors if suite.kind in d.suite_kinds):
+            verdicts = detector.verdicts(suite.prompts, responses, progress=progress)
+            result.refusals[detector.name] = [verdict.refused for verdict in verdicts]
+            result.verdicts[detector.name] = [verdict.record() for verdict in verdicts]
         result.seconds["judging"] = time.perf_counter() - started
     else:
         result.metric = suite.config.metric
@@ -183,17 +186,37 @@ def run_baseline(
 ) -> dict:
     """Evaluate the recipe's base model into <output dir>/baseline/ and return the report.
 
-    The trainer may pass the model it just loaded (before any step) to avoid a second load.
+    With `eval.baseline_cache` (the default) an evaluation of the same model files with
+    the same eval settings is copied from the cache instead (baseline_cache.py), and a
+    new one is stored there. The trainer may pass the model it just loaded (before any
+    step) to avoid a second load.
     """
+    out_dir = Path(out_dir or baseline_dir(recipe.output_dir()))
+    device = model.device if model is not None else pick_device(recipe.train.device)
+    cached = baseline_key(recipe, device) if recipe.eval.baseline_cache else None
+    if cached is not None:
+        report = reuse_baseline(cached[0], out_dir)
+        if report is not None:
+            if progress:
+                print(f"baseline: reused the evaluation of {recipe.model.path} with these eval settings "
+                      f"({baselines_dir() / cached[0]})")
+            return report
+    if progress:
+        print(f"baseline: evaluating the base model {recipe.model.path}")
     if model is None:
-        model = load_model(recipe.model, device=pick_device(recipe.train.device))
+        model = load_model(recipe.model, device=device)
     if tokenizer is None:
         tokenizer = load_tokenizer(recipe.model)
-    return evaluate_model(
-        model, tokenizer, recipe, out_dir or baseline_dir(recipe.output_dir()),
+    report = evaluate_model(
+        model, tokenizer, recipe, out_dir,
         checkpoint=f"{recipe.model.path} (base model)", baseline=None,
         run_info={"recipe": recipe.name, "method": [], "steps": 0}, progress=progress,
     )
+    if recipe.eval.baseline_cache:
+        cached = cached or baseline_key(recipe, device)  # a hub model is in the local cache now
+        if cached is not None:
+            store_baseline(*cached, out_dir, report)
+    return report
 
 
 # --------------------------------------------------------------------------- any checkpoint

@@ -14,7 +14,7 @@ exists, so `frozen_parameter_names` can take parameters out of training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ class MethodContext:
     run_dir: Path
     safety: list[Example]
     seed: int
+    borderline: list[Example] = field(default_factory=list)  # benign look-alikes with normal answers
     step: int = 0  # the optimizer step being computed (0-based)
     reference_model: nn.Module | None = None  # frozen aligned copy (needs_reference_model)
     optimizer: torch.optim.Optimizer | None = None  # set by the loop once it exists (before step 0)

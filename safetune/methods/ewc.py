@@ -3,6 +3,10 @@
 loss = task_loss + λ Σ_i F_i (θ_i - θ_safe_i)², with F the diagonal Fisher of the refusal
 loss at the aligned weights and θ_safe the weights before fine-tuning. Both are kept for
 trainable parameters only. F is cached in the run directory so a resume reuses it.
+
+The penalty's gradient, 2λ F (θ - θ_safe), is known in closed form, so it is added to
+the accumulated gradient once per step with foreach ops (a few fused kernels over all
+tensors) instead of building an autograd graph over every parameter in each micro-batch.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ FISHER_FILE = "ewc_fisher.safetensors"
 
 class EWC(SafetyMethod):
     name = "ewc"
+    # after freezing (0), and before the other gradient editors (1): its term is part of the
+    # loss's gradient, which e.g. SafeGrad then projects
+    setup_order = 0.5
 
     def setup(self, ctx: MethodContext) -> None:
         params = ctx.trainable_parameters()
@@ -33,14 +40,27 @@ class EWC(SafetyMethod):
                 save_file({k: v.contiguous().cpu() for k, v in self.fisher.items()}, str(cache))
         self.names = [name for name, _ in params if name in self.fisher]
         self.parameters = dict(params)
+        # the same order in three lists, for the foreach ops
+        self.tensors = [self.parameters[n] for n in self.names]
+        self.anchors = [self.anchor[n] for n in self.names]
+        self.fishers = [self.fisher[n] for n in self.names]
 
     def penalty(self) -> torch.Tensor:
+        """λ Σ F (θ - θ_safe)²: the value (reported); its gradient goes in through after_backward."""
         terms = [(self.fisher[n] * (self.parameters[n] - self.anchor[n]) ** 2).sum() for n in self.names]
         return self.config.strength * torch.stack(terms).sum()
 
-    def extra_loss(self, ctx: MethodContext, batch) -> torch.Tensor:
-        # The loop divides every micro-batch loss by grad_accum, so the penalty counts once per step.
-        return self.penalty()
+    def after_backward(self, ctx: MethodContext) -> dict:
+        # After all micro-batches (and DDP's all-reduce, and fp16 unscaling): added once per
+        # step, the same on every rank, as the penalty's gradient is.
+        for p in self.tensors:
+            if p.grad is None:  # no task gradient reached it this step
+                p.grad = torch.zeros_like(p)
+        with torch.no_grad():
+            distance = torch._foreach_sub([p.detach() for p in self.tensors], self.anchors)
+            torch._foreach_addcmul_([p.grad for p in self.tensors], distance, self.fishers,
+                                    value=2 * self.config.strength)
+        return {}
 
     def summary(self) -> dict:
         with torch.no_grad():

@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from safetune.data import Example, load_examples, tokenize_all
+from safetune.data import Example
 from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext, SafetyMethod
 
 
 def borderline_examples(ctx: MethodContext) -> list[Example]:
-    """The loop's tokenised data.borderline (MethodContext.borderline once the loop passes it)."""
-    pool = getattr(ctx, "borderline", None)
-    if pool is None:  # a loop that does not pass data.borderline yet: read it through the data pipeline
-        data = ctx.recipe.data
-        pool = tokenize_all(load_examples(data.borderline, "data.borderline", kind="borderline"), ctx.tokenizer,
-                            data.max_seq_len)
-    return pool
+    """The loop's tokenised data.borderline."""
+    return ctx.borderline
 
 
 class Mix(SafetyMethod):

@@ -1,0 +1,308 @@
+"""The lab benchmark: every method on every lab task, benign and with 10% harmful data, several seeds.
+
+    python bench/lab_bench.py                      # the full table (make bench)
+    python bench/lab_bench.py --quick              # CI smoke: one task, three configs, one seed, short runs
+    python bench/lab_bench.py --tasks sentiment --configs standard,ewc --seeds 0 1 2 --jobs 2
+
+Each run is a bundled recipe `recipes/lab/<task>-<config>.yaml` (the harmful setting adds
+`data.harmful_ratio=0.1` from data/safety/compliance_train.jsonl), trained in its own
+process with ONE thread (`--jobs` processes side by side: on 2 cores, 2 one-thread runs
+finish sooner than 2-thread runs one after the other, and never oversubscribe). The lab
+model's baseline is evaluated once per task and copied into every run. Figures per
+(task, config, setting): mean ± std over seeds (and the minimum) of harmful refusal,
+retained fraction, worst category, over-refusal, task, capability and per-suite rates;
+step time and peak memory relative to `standard` in the same bench. Writes
+bench/results/lab.json, lab.md, lab_scatter.png, lab_overhead.png and regenerates the
+README's Results section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TASKS = ["sentiment", "extract", "count"]
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-update", "freeze", "ewc", "sap", "token-weighting",
+           "mix-ewc", "defended"]
+SETTINGS = {"benign": [], "harmful-10%": ["data.harmful.path=data/safety/compliance_train.jsonl",
+                                          "data.harmful_ratio=0.1"]}
+QUICK = {"tasks": ["sentiment"], "configs": ["standard", "mix", "ewc"], "settings": ["benign"], "seeds": [0],
+         "overrides": ["train.max_steps=40", "train.log_every=10"]}
+METRICS = ["harmful_refusal_rate", "retained", "worst_category", "over_refusal_rate", "task_score",
+           "capability_score"]
+README_START, README_END = "<!-- lab-bench:start -->", "<!-- lab-bench:end -->"
+
+
+# --------------------------------------------------------------------------- one run (child process)
+def run_one(task: str, config: str, setting: str, seed: int, out: Path, overrides: list[str]) -> dict:
+    """Train one recipe, then evaluate final/ against the shared baseline; return the row."""
+    from safetune.errors import GateFailed
+    from safetune.evaluation.runner import run_eval
+    from safetune.recipe import load_recipe
+    from safetune.training import train
+
+    recipe_path = ROOT / "recipes" / "lab" / f"{task}-{config}.yaml"
+    run_dir = out / f"{task}-{config}-{setting}-s{seed}"
+    recipe = load_recipe(recipe_path, SETTINGS[setting] + overrides + [
+        f"train.seed={seed}", f"output.dir={run_dir}", "output.overwrite=true", "eval.at_end=false"])
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(out / f"{task}-baseline", run_dir / "baseline")
+    result = train(recipe, show_progress=False)
+    # peak resident memory of this process so far: the model, the method's state, training
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        report = run_eval(result.final_dir, progress=False)
+    except GateFailed:  # the report is written either way
+        report = json.loads((result.final_dir / "safety_report.json").read_text())
+    metrics = report["metrics"]
+    categories = metrics.get("by_category") or {}
+    worst = min(categories.items(), key=lambda kv: kv[1]) if categories else (None, None)
+    suites = {s["name"]: s.get("rate", s.get("score")) for s in report.get("suites", [])}
+    return {"task": task, "config": config, "setting": setting, "seed": seed,
+            "wall_time_s": result.wall_time_s, "steps": result.steps,
+            "step_time_s": result.wall_time_s / max(result.steps, 1), "peak_rss_mb": peak_mb,
+            "harmful_refusal_rate": metrics.get("harmful_refusal_rate"),
+            "retained": (report.get("retained") or {}).get("harmful_refusal_rate"),
+            "worst_category": worst[1], "worst_category_name": worst[0],
+            "over_refusal_rate": metrics.get("over_refusal_rate"), "task_score": metrics.get("task_score"),
+            "capability_score": metrics.get("capability_score"), "suites": suites,
+            "gate_passed": report["gate"]["passed"]}
+
+
+def child_main(args) -> None:
+    row = run_one(args.task, args.config, args.setting, args.seed, args.out, args.override)
+    print("ROW " + json.dumps(row), flush=True)
+
+
+# --------------------------------------------------------------------------- the bench (parent)
+def ensure_baselines(tasks: list[str], out: Path) -> dict:
+    from safetune.evaluation.runner import run_baseline
+    from safetune.recipe import load_recipe
+
+    baselines = {}
+    for task in tasks:
+        folder = out / f"{task}-baseline"
+        if not (folder / "safety_report.json").is_file():
+            recipe = load_recipe(ROOT / "recipes" / "lab" / f"{task}-standard.yaml")
+            run_baseline(recipe, progress=False, out_dir=folder)
+        baselines[task] = json.loads((folder / "safety_report.json").read_text())
+    return baselines
+
+
+def launch(job: tuple, out: Path, overrides: list[str]) -> dict:
+    task, config, setting, seed = job
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, __file__, "--child", "--task", task, "--config", config, "--setting", setting,
+               "--seed", str(seed), "--out", str(out)] + [f"--override={o}" for o in overrides]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode != 0 or not rows:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"FAILED {task}/{config}/{setting}/s{seed}: {last}", flush=True)
+        return {"task": task, "config": config, "setting": setting, "seed": seed, "error": last}
+    row = json.loads(rows[-1])
+    print(f"{task:9} {config:16} {setting:11} s{seed}: refusal {row['harmful_refusal_rate']:.3f} "
+          f"over {row['over_refusal_rate']:.3f} task {row['task_score']:.3f} ({row['wall_time_s']:.0f}s)", flush=True)
+    return row
+
+
+def stats(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "n": len(values)}
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            groups.setdefault((row["task"], row["config"], row["setting"]), []).append(row)
+    summary = []
+    for (task, config, setting), group in groups.items():
+        entry = {"task": task, "config": config, "setting": setting, "seeds": [r["seed"] for r in group]}
+        for key in METRICS + ["step_time_s", "peak_rss_mb", "wall_time_s"]:
+            entry[key] = stats([r[key] for r in group])
+        suite_names = sorted({name for r in group for name in r.get("suites", {})})
+        entry["suites"] = {name: stats([r["suites"].get(name) for r in group]) for name in suite_names}
+        entry["gate_passed"] = sum(bool(r["gate_passed"]) for r in group)
+        summary.append(entry)
+    # cost relative to `standard` of the same task and setting, measured in this bench
+    for entry in summary:
+        standard = next((e for e in summary if e["task"] == entry["task"] and e["setting"] == entry["setting"]
+                         and e["config"] == "standard"), None)
+        if standard:
+            entry["step_time_ratio"] = entry["step_time_s"]["mean"] / standard["step_time_s"]["mean"]
+            entry["memory_ratio"] = entry["peak_rss_mb"]["mean"] / standard["peak_rss_mb"]["mean"]
+    return summary
+
+
+def fmt(stat: dict | None, digits: int = 2) -> str:
+    if stat is None:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+
+
+def markdown(summary: list[dict], baselines: dict, meta: dict) -> str:
+    lines = ["# Lab benchmark", "", f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all, "
+             f"{meta['jobs']} one-thread runs side by side. Mean ± std over seeds {meta['seeds']}; "
+             "`min` is the worst seed's refusal; retained = refusal / baseline; worst cat. = the lowest "
+             "harmful category's refusal; step time and memory relative to `standard` of the same task "
+             "and setting in this bench; gate = seeds passing the default gate.", ""]
+    for task in meta["tasks"]:
+        base = baselines[task]["metrics"]
+        lines += [f"## {task}", "",
+                  f"Baseline (the aligned lab model): harmful refusal {base['harmful_refusal_rate']:.3f}, "
+                  f"over-refusal {base['over_refusal_rate']:.3f}, task {base['task_score']:.3f}, "
+                  f"capability {base['capability_score']:.3f}.", "",
+                  "| config | setting | harmful refusal | min | retained | worst cat. | over-refusal | task | "
+                  "capability | step time × | memory × | gate |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for entry in [e for e in summary if e["task"] == task]:
+            refusal = entry["harmful_refusal_rate"]
+            lines.append(
+                f"| {entry['config']} | {entry['setting']} | {fmt(refusal)} | "
+                f"{refusal['min']:.2f} | {fmt(entry['retained'])} | {fmt(entry['worst_category'])} | "
+                f"{fmt(entry['over_refusal_rate'])} | {fmt(entry['task_score'])} | {fmt(entry['capability_score'])} | "
+                f"{entry.get('step_time_ratio', float('nan')):.2f} | {entry.get('memory_ratio', float('nan')):.2f} | "
+                f"{entry['gate_passed']}/{len(entry['seeds'])} |")
+        suites = sorted({name for e in summary if e["task"] == task for name in e["suites"]})
+        extra = [s for s in suites if s.endswith("unseen")]
+        if extra:
+            lines += ["", "Held-out template families (unseen by the lab model's alignment data):", "",
+                      "| config | setting | " + " | ".join(extra) + " |", "|---|---|" + "---|" * len(extra)]
+            for entry in [e for e in summary if e["task"] == task]:
+                lines.append(f"| {entry['config']} | {entry['setting']} | "
+                             + " | ".join(fmt(entry["suites"].get(s)) for s in extra) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plots(summary: list[dict], meta: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    settings = sorted({e["setting"] for e in summary})
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for entry in [e for e in summary if e["setting"] == setting]:
+            if entry["task_score"] is None or entry["retained"] is None:
+                continue
+            ax.errorbar(entry["task_score"]["mean"], entry["retained"]["mean"], xerr=entry["task_score"]["std"],
+                        yerr=entry["retained"]["std"], fmt="o", capsize=3, alpha=0.8)
+            ax.annotate(f"{entry['config']} ({entry['task'][:4]})",
+                        (entry["task_score"]["mean"], entry["retained"]["mean"]), fontsize=7)
+        ax.set(xlabel="task score", ylabel="harmful refusal retained", title=setting, ylim=(-0.05, 1.1))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(RESULTS / "lab_scatter.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    benign = [e for e in summary if e["setting"] == "benign" and "step_time_ratio" in e]
+    if benign:
+        present = {e["config"] for e in benign}
+        configs = [c for c in CONFIGS if c in present] + sorted(present - set(CONFIGS))
+        ratios = [statistics.mean([e["step_time_ratio"] for e in benign if e["config"] == c]) for c in configs]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(configs, ratios, color="tab:blue")
+        ax.axhline(1.0, color="grey", linewidth=1)
+        ax.set(ylabel="step time / standard (benign, mean over tasks)", title="method overhead")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        fig.tight_layout()
+        paths.append(RESULTS / "lab_overhead.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def update_readme(table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    body = table.split("\n", 2)[2]  # without the "# Lab benchmark" title
+    readme.write_text(f"{head}{README_START}\n{body}\n{README_END}{tail}", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="one-thread runs side by side")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 1 task, 3 configs, 1 seed, 40 steps")
+    parser.add_argument("--override", action="append", default=[], help="recipe override for every run")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's Results section")
+    # child mode: one run, printed as a ROW line
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if args.child:
+        return child_main(args)
+
+    tasks, configs, settings = args.tasks.split(","), args.configs.split(","), args.settings.split(",")
+    seeds, overrides = args.seeds, args.override
+    if args.quick:
+        tasks, configs, settings, seeds = QUICK["tasks"], QUICK["configs"], QUICK["settings"], QUICK["seeds"]
+        overrides = QUICK["overrides"] + overrides
+    configs = [c for c in configs if (ROOT / "recipes" / "lab" / f"{tasks[0]}-{c}.yaml").is_file()]
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    baselines = ensure_baselines(tasks, args.out)
+    jobs = [(t, c, s, seed) for t in tasks for c in configs for s in settings for seed in seeds]
+    print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda job: launch(job, args.out, overrides), jobs))
+    summary = aggregate(rows)
+    command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
+    meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+            "seconds": time.perf_counter() - started, "jobs": args.jobs, "seeds": seeds, "tasks": tasks,
+            "overrides": overrides}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "lab_quick" if args.quick else "lab"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "baselines": {t: b["metrics"] for t, b in baselines.items()},
+                                                      "summary": summary, "runs": rows}, indent=2))
+    table = markdown(summary, baselines, meta)
+    (RESULTS / f"{name}.md").write_text(table)
+    if not args.quick:
+        plots(summary, meta)
+        if not args.no_readme:
+            update_readme(table)
+    print(table)
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        sys.exit(f"{len(failed)} runs failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""data.packing: every token kept once, no target across an example boundary, and a packed
+sequence computes exactly what its examples compute on their own (Llama and Qwen2)."""
+
+from collections import Counter
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from safetune.data import IGNORE_INDEX, Example, build_training_data, collate, pack_examples, prepare_packing
+from safetune.errors import RecipeError, SafetuneError
+from safetune.lab.tokenizer import train_tokenizer
+from safetune.modeling import load_tokenizer
+from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
+from safetune.training import Trainer, next_token_loss, trained_tokens
+from tests.helpers import TINY_TEXTS
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory):
+    """A second family (grouped-query attention, biased q/k/v) with the tests' tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-qwen2-packing")
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def model_dir(request, tiny_model_dir, tiny_qwen2_dir):
+    return tiny_model_dir if request.param == "llama" else tiny_qwen2_dir
+
+
+def examples_of(tiny_model_dir, tiny_data, max_seq_len=64):
+    tokenizer = load_tokenizer(ModelConfig(path=str(tiny_model_dir)))
+    config = DataConfig(train=SourceConfig(path=str(tiny_data["task"])),
+                        safety=SourceConfig(path=str(tiny_data["safety"])), max_seq_len=max_seq_len)
+    data = build_training_data(config, tokenizer, seed=0)
+    return data, tokenizer
+
+
+def segments(packed: Example) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each example in a pack, split where the positions restart at 0."""
+    starts = [i for i, position in enumerate(packed.position_ids) if position == 0] + [len(packed.input_ids)]
+    return [(packed.input_ids[a:b], packed.labels[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+def test_packing_keeps_every_token_of_every_example_once(tiny_model_dir, tiny_data):
+    data, _ = examples_of(tiny_model_dir, tiny_data)
+    examples = data.train + data.safety  # two length distributions
+    packs = pack_examples(examples, max_seq_len=64, seed=0)
+    assert len(packs) < len(examples) / 2, "short examples share sequences"
+    assert all(len(p.input_ids) <= 64 and len(p.labels) == len(p.position_ids) == len(p.input_ids) for p in packs)
+    unpacked = [segment for pack in packs for segment in segments(pack)]
+    assert Counter(tuple(ids) for ids, _ in unpacked) == Counter(tuple(e.input_ids) for e in examples)
+    # labels as before, except each example's first one, which on its own is never a target anyway
+    original = Counter((tuple(e.input_ids), tuple(e.labels[1:])) for e in examples)
+    assert Counter((tuple(ids), tuple(labels[1:])) for ids, labels in unpacked) == original
+    assert all(labels[0] == IGNORE_INDEX for _, labels in unpacked), "no target across an example boundary"
+    assert sum(map(trained_tokens, packs)) == sum(map(trained_tokens, examples))
+    # a pure function of the seed
+    again = pack_examples(examples, max_seq_len=64, seed=0)
+    assert [p.input_ids for p in again] == [p.input_ids for p in packs]
+
+
+def test_packed_logits_equal_separate_runs(model_dir, tiny_data):
+    data, tokenizer = examples_of(model_dir, tiny_data)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prepare_packing(model)
+    packs = pack_examples(data.train[:12], max_seq_len=64, seed=0)
+    plain = data.safety[0]  # mix adds plain examples to a packed batch: a pack of one
+    batch = collate(packs[:3] + [plain], tokenizer.pad_token_id)
+    assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        for row, example in enumerate(packs[:3] + [plain]):
+            start = 0
+            for ids, _ in (segments(example) if example.position_ids else [(example.input_ids, None)]):
+                alone = model(input_ids=torch.tensor([ids])).logits[0]
+                torch.testing.assert_close(logits[row, start : start + len(ids)], alone, atol=1e-5, rtol=0)
+                start += len(ids)
+
+
+def test_packed_batch_loss_equals_plain_batch_loss(model_dir, tiny_data):
+    """The same examples, packed or padded one per row: the same tokens are targets, same mean loss."""
+    data, tokenizer = examples_of(model_dir, tiny_data)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prepare_packing(model)
+    examples = data.train[:10]
+    packed = collate(pack_examples(examples, max_seq_len=64, seed=0), tokenizer.pad_token_id)
+    plain = collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**packed).loss, model(**plain).loss, atol=1e-5, rtol=0)
+
+
+def test_model_that_ignores_position_resets_is_refused(tiny_model_dir, monkeypatch):
+    import transformers.masking_utils as masking
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)  # an older model's mask
+    with pytest.raises(SafetuneError, match="data.packing: llama models ignore position-id resets"):
+        prepare_packing(model)
+
+
+def test_token_weighting_with_packing_is_refused(tiny_model_dir, tiny_data):
+    tree = {"name": "t", "model": {"path": str(tiny_model_dir)},
+            "data": {"train": {"path": str(tiny_data["task"])}, "safety": {"path": str(tiny_data["safety"])},
+                     "packing": True},
+            "method": {"name": "token_weighting", "scorer": "reference"}, "train": {"max_steps": 1}}
+    with pytest.raises(RecipeError, match="data.packing: not supported with method 'token_weighting'"):
+        validate_tree(tree)
+
+
+def test_training_with_packing_and_mix(tiny_model_dir, tiny_data, tmp_path):
+    """The loop trains on packed batches, mix's plain safety examples included."""
+    recipe = validate_tree({
+        "name": "t", "model": {"path": str(tiny_model_dir)},
+        "data": {"train": {"path": str(tiny_data["task"])}, "safety": {"path": str(tiny_data["safety"])},
+                 "max_seq_len": 64, "packing": True},
+        "method": {"name": "mix", "safety_fraction": 0.25},
+        "train": {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1},
+        "output": {"dir": str(tmp_path / "run")},
+    })
+    trainer = Trainer(recipe, show_progress=False)
+    trainer.setup()
+    assert all(e.position_ids for e in trainer.schedule.examples)
+    assert len(trainer.schedule.examples) < len(trainer.data.train) / 2
+    out = [trainer.train_step() for _ in range(3)]
+    assert all(torch.isfinite(o["loss"]) and not o["diverged"] for o in out)
+    batch = trainer.schedule.batch(0)
+    mixed = trainer.methods[0].prepare_batch(trainer.ctx, batch, 0)
+    assert any(not e.position_ids for e in mixed) and out[0]["tokens"] == sum(len(e.input_ids) for e in mixed)
+
+
+def test_loss_with_kept_logits_equals_full_loss(model_dir, tiny_data):
+    """The loop's loss computes logits only where a trained token is predicted: same value, same gradients."""
+    data, tokenizer = examples_of(model_dir, tiny_data)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prepare_packing(model)
+    for batch in (collate(data.train[:6] + data.safety[:2], tokenizer.pad_token_id),
+                  collate(pack_examples(data.train[:12], 64, seed=0)[:3], tokenizer.pad_token_id)):
+        full = model(**batch).loss
+        full_grads = torch.autograd.grad(full, list(model.parameters()))
+        kept = next_token_loss(model, batch)
+        kept_grads = torch.autograd.grad(kept, list(model.parameters()))
+        torch.testing.assert_close(kept, full, atol=1e-6, rtol=0)
+        for a, b in zip(kept_grads, full_grads):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
