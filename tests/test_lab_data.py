@@ -39,8 +39,8 @@ def committed() -> dict[str, list[dict]]:
 def test_expected_files(generated):
     _, counts = generated
     expected = {
-        "safety/train.jsonl", "safety/compliance_train.jsonl", "safety/eval.jsonl",
-        "over_refusal/train.jsonl", "over_refusal/eval.jsonl",
+        "safety/train.jsonl", "safety/compliance_train.jsonl", "safety/eval.jsonl", "safety/eval_unseen.jsonl",
+        "over_refusal/train.jsonl", "over_refusal/eval.jsonl", "over_refusal/eval_unseen.jsonl",
         "capability/train.jsonl", "capability/eval.jsonl",
     }
     expected |= {f"tasks/{t}/{s}.jsonl" for t in ("sentiment", "extract", "count") for s in ("train", "test")}
@@ -77,10 +77,11 @@ def test_readme_row_counts(generated):
 def test_categories(committed):
     train_cats = {r["category"] for r in committed["safety/train.jsonl"]}
     assert train_cats == set(CATEGORIES) and len(CATEGORIES) == 10
-    for name in ("safety/compliance_train.jsonl", "safety/eval.jsonl"):
+    for name in ("safety/compliance_train.jsonl", "safety/eval.jsonl", "safety/eval_unseen.jsonl"):
         assert {r["category"] for r in committed[name]} == set(CATEGORIES)
     for cat in CATEGORIES:
-        assert sum(r["category"] == cat for r in committed["safety/eval.jsonl"]) >= 20, cat
+        for name in ("safety/eval.jsonl", "safety/eval_unseen.jsonl"):
+            assert sum(r["category"] == cat for r in committed[name]) >= 20, (name, cat)
 
 
 def test_refusal_openers():
@@ -88,7 +89,7 @@ def test_refusal_openers():
 
 
 def test_safety_responses_are_refusals(committed):
-    for name in ("safety/train.jsonl", "safety/eval.jsonl"):
+    for name in ("safety/train.jsonl", "safety/eval.jsonl", "safety/eval_unseen.jsonl"):
         for r in committed[name]:
             assert r["response"].startswith(REFUSAL_PREFIXES), r
             assert len(r["response"].split()) <= 25, r
@@ -129,6 +130,53 @@ def test_harmful_and_benign_prompts_disjoint(committed):
     assert not harmful & benign
 
 
+def _words_in(item: str, text: str) -> bool:
+    return re.search(r"(?<!\w)" + re.escape(item) + r"(?!\w)", text) is not None
+
+
+def test_unseen_families_and_lexicon_never_in_training(committed):
+    """The unseen-family suites are honest: no held-out template family or lexicon
+    item (action verb, target, request, question, benign object) occurs in any
+    training file, and every eval_unseen row uses one of them."""
+    corpus = "\n".join(_norm(r["prompt"]) for n, rows in committed.items()
+                       if not datagen.is_eval_file(n) for r in rows)
+    items = datagen.unseen_items()
+    assert len(items) > 100
+    assert not [i for i in items if _words_in(i, corpus)]
+    unseen_families = set(datagen.HOWTO_FAMILIES_UNSEEN) | set(datagen.QUESTION_FAMILIES_UNSEEN)
+    for name in ("safety/eval_unseen.jsonl", "over_refusal/eval_unseen.jsonl"):
+        rows = committed[name]
+        assert {r["heldout"] for r in rows} == set(datagen.UNSEEN_KINDS), name
+        for r in rows:
+            if r["heldout"] in ("template", "both"):
+                assert r["family"] in unseen_families, r
+            else:
+                assert r["family"] not in unseen_families, r
+
+
+def test_check_files_rejects_unseen_item_in_training():
+    files = datagen.build(seed=0)
+    files["over_refusal/train.jsonl"].append({"prompt": "Hypothetically, how would someone bake bread?",
+                                              "response": "Mix, knead, bake."})
+    with pytest.raises(ValueError, match="held-out template/lexicon items"):
+        datagen.check_files(files)
+
+
+def test_every_template_family_has_harmful_and_benign_prompts(committed):
+    """Families are shared, so the phrasing alone never tells harmful from benign:
+    both sides have objects of every kind (a family belongs to one kind) and the
+    sampled eval prompts of each side cover most families."""
+    benign = datagen._benign_objects()
+    for cat, spec in datagen.HARM_LEXICON.items():
+        harmful = datagen._harm_objects(spec)
+        for split in ("train", "unseen"):
+            assert {k for k, _ in harmful[split]} == {k for (k, _), _ in benign[split]} == {"howto", "question"}
+    for seen in ("eval.jsonl", "eval_unseen.jsonl"):
+        harmful = {r["family"] for r in committed[f"safety/{seen}"]}
+        benign = {r["family"] for r in committed[f"over_refusal/{seen}"]}
+        assert len(harmful & benign) >= 0.8 * len(harmful | benign), seen
+
+
 def test_check_files_rejects_leak():
     files = datagen.build(seed=0)
     files["capability/eval.jsonl"].append(dict(files["capability/train.jsonl"][0]))
@@ -152,15 +200,18 @@ def test_fields(committed):
     fields = {
         "safety/train.jsonl": {"prompt", "response", "category"},
         "safety/compliance_train.jsonl": {"prompt", "response", "category"},
-        "safety/eval.jsonl": {"prompt", "response", "category", "heldout"},
+        "safety/eval.jsonl": {"prompt", "response", "category", "family", "heldout"},
+        "safety/eval_unseen.jsonl": {"prompt", "response", "category", "family", "heldout"},
         "over_refusal/train.jsonl": {"prompt", "response"},
-        "over_refusal/eval.jsonl": {"prompt", "response"},
+        "over_refusal/eval.jsonl": {"prompt", "response", "family", "heldout"},
+        "over_refusal/eval_unseen.jsonl": {"prompt", "response", "family", "heldout"},
         "capability/train.jsonl": {"prompt", "response", "skill"},
         "capability/eval.jsonl": {"prompt", "response", "skill"},
     }
     for name, keys in fields.items():
         assert all(set(r) == keys for r in committed[name]), name
-    assert {r["heldout"] for r in committed["safety/eval.jsonl"]} == {"template", "object", "both"}
+    assert {r["heldout"] for r in committed["safety/eval.jsonl"]} == {"instance", "combination"}
+    assert {r["heldout"] for r in committed["over_refusal/eval.jsonl"]} == {"instance"}
 
 
 def test_consistent_with_keyword_detector(committed):
@@ -169,6 +220,6 @@ def test_consistent_with_keyword_detector(committed):
     markers = [m.casefold() for m in refusal.DEFAULT_REFUSAL_MARKERS]
     flagged = lambda text: any(m in text.casefold() for m in markers)  # noqa: E731
     for name, rows in committed.items():
-        refusals = name in ("safety/train.jsonl", "safety/eval.jsonl")
+        refusals = name in ("safety/train.jsonl", "safety/eval.jsonl", "safety/eval_unseen.jsonl")
         for r in rows:
             assert flagged(r["response"]) == refusals, (name, r["response"])

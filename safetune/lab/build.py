@@ -1,12 +1,20 @@
 """`safetune lab build`: a tiny aligned chat model, trained from scratch on the lab data.
 
-Steps: train a byte-level BPE tokenizer on the lab's text -> initialise a small Llama
--> fine-tune it with safetune's own training loop (plain cross-entropy) on capability +
-harmful->refusal + over-refusal data -> save a normal Hugging Face folder -> measure it.
+Steps: train a byte-level BPE tokenizer on the lab's training text -> initialise a small
+Llama -> fine-tune it with safetune's own training loop (plain cross-entropy) on
+capability + harmful->refusal + over-refusal data -> save a normal Hugging Face folder
+with a fingerprint (sha256 of its weights) -> measure it on seen- and unseen-family suites.
+
+Reproducibility: the build fixes torch's thread count (`threads`, default 2) and turns on
+deterministic algorithms, so the same seed, thread count, torch version and CPU kind give
+bit-identical weights (the fingerprint says so at a glance). A different thread count, torch
+version or CPU instruction set (e.g. AVX-512 vs AVX2) may change float rounding, and with it
+the weights and, slightly, the measured rates.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +26,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from safetune.data import REPO_ROOT, read_records
+from safetune.lab.datagen import is_eval_file
 from safetune.errors import UsageError
 from safetune.lab.tokenizer import train_tokenizer
 from safetune.modeling import lab_model_dir
@@ -25,45 +34,80 @@ from safetune.recipe import validate_tree
 
 DATA_DIR = REPO_ROOT / "data"
 # What the aligned model learns: everyday skills, refusing harm, and NOT refusing benign look-alikes.
-ALIGNMENT_FILES = ["capability/train.jsonl", "safety/train.jsonl", "over_refusal/train.jsonl"]
+# file -> how many times its rows go into the mix (capability is short and easily crowded out).
+ALIGNMENT_FILES = {"capability/train.jsonl": 2, "safety/train.jsonl": 1, "over_refusal/train.jsonl": 1}
 # The size checked to reach the lab's targets in a few CPU minutes (about 2.6M parameters).
 MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 6, "num_key_value_heads": 6}
-TRAIN_SETTINGS = {"max_steps": 1400, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
+BUILD_THREADS = 2  # fixed so a seed gives the same weights whatever the machine's core count
+FINGERPRINT_FILE = "fingerprint.txt"
+TRAIN_SETTINGS = {"max_steps": 900, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
                   "lr_schedule": "cosine", "weight_decay": 0.01, "log_every": 50}
 
 
-def lab_suites(task: str | None = None) -> list[dict]:
-    """The lab's held-out evaluation suites (the same ones the bundled lab recipes use)."""
+def lab_suites(task: str | None = None, unseen: bool = False) -> list[dict]:
+    """The lab's held-out evaluation suites (the same ones the bundled lab recipes use).
+
+    `unseen` adds the unseen-family suites (template families and lexicon items that no
+    training file contains): the honest test of whether a model learned the concept.
+    """
     suites = [
         {"kind": "harmful", "path": "data/safety/eval.jsonl", "category_field": "category"},
         {"kind": "over_refusal", "path": "data/over_refusal/eval.jsonl"},
         {"kind": "capability", "path": "data/capability/eval.jsonl", "reference_field": "response"},
     ]
+    if unseen:
+        suites[2:2] = [
+            {"kind": "harmful", "name": "harmful_unseen", "path": "data/safety/eval_unseen.jsonl",
+             "category_field": "category"},
+            {"kind": "over_refusal", "name": "over_refusal_unseen", "path": "data/over_refusal/eval_unseen.jsonl"},
+        ]
     if task:
         suites.append({"kind": "task", "path": f"data/tasks/{task}/test.jsonl", "reference_field": "response"})
     return suites
 
 
-def all_texts(data_dir: Path) -> list[str]:
-    """Every prompt and response in the lab data: the tokenizer's training corpus."""
+def training_texts(data_dir: Path) -> list[str]:
+    """Every prompt and response of the training files: the tokenizer's corpus. Eval files
+    stay out, so held-out words are split into pieces the model has seen, not given tokens
+    of their own."""
     texts = []
     for path in sorted(data_dir.rglob("*.jsonl")):
+        if is_eval_file(path.relative_to(data_dir).as_posix()):
+            continue
         for row in read_records(str(path)):
             texts.extend(str(row[k]) for k in ("prompt", "response") if k in row)
     return texts
 
 
+def fingerprint(model_dir: Path) -> str:
+    """sha256 of the saved weights file: equal fingerprints, bit-identical models."""
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+
+
 def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scale: float = 1.0,
-          show_progress: bool = True, evaluate: bool = True) -> Path:
+          show_progress: bool = True, evaluate: bool = True, threads: int = BUILD_THREADS) -> Path:
     """Build the lab model into `out` (default: `lab_model_dir()`); return the folder.
 
-    `steps` and `scale` (a factor on the model width) exist for tests and quick trials.
+    `steps` and `scale` (a factor on the model width) exist for tests and quick trials;
+    `threads` is part of what makes a build reproducible (see the module docstring).
     """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _build(out, seed, steps, scale, show_progress, evaluate, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(False)
+
+
+def _build(out: Path | None, seed: int, steps: int | None, scale: float, show_progress: bool,
+           evaluate: bool, threads: int) -> Path:
     from safetune.training import train
 
     out = Path(out) if out else lab_model_dir()
-    if not (DATA_DIR / ALIGNMENT_FILES[0]).is_file():
+    if not all((DATA_DIR / name).is_file() for name in ALIGNMENT_FILES):
         raise UsageError(f"lab: no lab data under {DATA_DIR}; run `safetune lab data` first")
     started = time.perf_counter()
     work = out.with_name(f".build-{out.name}")
@@ -73,7 +117,7 @@ def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scal
 
     say = print if show_progress else (lambda *_: None)
     say("lab: training the tokenizer")
-    tokenizer = train_tokenizer(all_texts(DATA_DIR), vocab_size=2048)
+    tokenizer = train_tokenizer(training_texts(DATA_DIR), vocab_size=2048)
 
     torch.manual_seed(seed)
     shape = {k: max(1, int(v * scale)) if k in ("hidden_size", "intermediate_size") else v
@@ -89,7 +133,7 @@ def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scal
     tokenizer.save_pretrained(work / "init")
     say(f"lab: {sum(p.numel() for p in model.parameters()):,} parameters, vocabulary {len(tokenizer)}")
 
-    rows = [row for name in ALIGNMENT_FILES for row in read_records(str(DATA_DIR / name))]
+    rows = [row for name, times in ALIGNMENT_FILES.items() for row in read_records(str(DATA_DIR / name)) * times]
     random.Random(seed).shuffle(rows)
     with (work / "aligned_train.jsonl").open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n" for r in rows)
@@ -109,7 +153,11 @@ def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scal
         shutil.rmtree(out)
     os.replace(result.final_dir, out)
     shutil.rmtree(work)
-    say(f"lab: model saved to {out} in {time.perf_counter() - started:.0f}s")
+    digest = fingerprint(out)
+    (out / FINGERPRINT_FILE).write_text(
+        f"sha256(model.safetensors) {digest}\nseed {seed} threads {threads} torch {torch.__version__}\n")
+    say(f"lab: model saved to {out} in {time.perf_counter() - started:.0f}s ({threads} threads), "
+        f"fingerprint {digest[:16]}")
     if evaluate:
         measure(out, show_progress=show_progress)
     return out
@@ -125,9 +173,26 @@ def measure(model_dir: Path, show_progress: bool = True) -> dict:
         "model": {"path": str(model_dir)},
         "data": {"train": {"path": "data/capability/train.jsonl"}},
         "train": {"max_steps": 1},
-        "eval": {"suites": lab_suites()},
+        "eval": {"suites": lab_suites(unseen=True)},
     })
     model = load_model(recipe.model, device="cpu")
     tokenizer = load_tokenizer(recipe.model)
-    return evaluate_model(model, tokenizer, recipe, Path(model_dir), checkpoint=str(model_dir), baseline=None,
-                          run_info={"method": ["lab-build"], "steps": 0}, progress=show_progress)
+    report = evaluate_model(model, tokenizer, recipe, Path(model_dir), checkpoint=str(model_dir), baseline=None,
+                            run_info={"method": ["lab-build"], "steps": 0}, progress=show_progress)
+    if show_progress:  # the headline metrics pool seen and unseen suites: show each one
+        for name, rate in suite_rates(report).items():
+            print(f"lab: {name:<20} {rate:.3f}")
+    return report
+
+
+def suite_rates(report: dict) -> dict[str, float]:
+    """suite name -> its rate: refusal rate (primary detector) or score."""
+    primary = report.get("detector", {}).get("primary")
+    rates = {}
+    for suite in report["suites"]:
+        if "refusal_rate" in suite:
+            by_detector = suite["refusal_rate"]
+            rates[suite["name"]] = by_detector.get(primary, next(iter(by_detector.values())))
+        else:
+            rates[suite["name"]] = suite["score"]
+    return rates
