@@ -24,11 +24,16 @@ $(BIN)/safetune: pyproject.toml
 
 setup: $(BIN)/safetune
 
+# The story in one command: build the aligned lab model, fine-tune it plainly (its gate is
+# meant to FAIL: --allow-gate-failure keeps the demo going) and with the recommended method,
+# both with the safety monitor on (warn only, so the plot shows what happens), then compare.
+DEMO_METHOD ?= ewc
+DEMO_WATCH  = monitor.every=50 monitor.on_breach=warn output.overwrite=true
 demo: setup
-	$(BIN)/safetune lab build
-	$(BIN)/safetune train recipes/lab/sentiment-standard.yaml output.overwrite=true
-	$(BIN)/safetune train recipes/lab/sentiment-mix.yaml output.overwrite=true
-	$(BIN)/safetune compare runs/lab-sentiment-standard runs/lab-sentiment-mix --out runs/compare
+	$(BIN)/safetune lab build --no-classifier
+	$(BIN)/safetune train recipes/lab/sentiment-standard.yaml $(DEMO_WATCH) --allow-gate-failure
+	$(BIN)/safetune train recipes/lab/sentiment-$(DEMO_METHOD).yaml $(DEMO_WATCH)
+	$(BIN)/safetune compare runs/lab-sentiment-standard runs/lab-sentiment-$(DEMO_METHOD) --out runs/compare
 
 test: setup
 	@$(call PYTEST,)
@@ -41,9 +46,10 @@ test-all: setup
 
 bench: setup
 	test -f $${SAFETUNE_LAB_MODEL:-$$HOME/.cache/safetune/lab-model}/config.json || $(BIN)/safetune lab build
+	test -f $${SAFETUNE_LAB_CLASSIFIER:-$${SAFETUNE_LAB_MODEL:-$$HOME/.cache/safetune/lab-model}-classifier}/config.json || $(BIN)/safetune lab classifier
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_trainer.py  # safetune's loop vs transformers.Trainer: prints the ratio
-	$(BIN)/python bench/lab_table.py --task sentiment --seeds 0 1 2
+	$(BIN)/python bench/lab_bench.py      # every method x task x setting x 3 seeds; rewrites README Results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

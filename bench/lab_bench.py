@@ -192,7 +192,7 @@ def markdown(summary: list[dict], baselines: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(summary: list[dict], meta: dict) -> list[Path]:
+def plots(summary: list[dict], results: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +212,7 @@ def plots(summary: list[dict], meta: dict) -> list[Path]:
         ax.set(xlabel="task score", ylabel="harmful refusal retained", title=setting, ylim=(-0.05, 1.1))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths.append(RESULTS / "lab_scatter.png")
+    paths.append(results / "lab_scatter.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -227,7 +227,7 @@ def plots(summary: list[dict], meta: dict) -> list[Path]:
         ax.set(ylabel="step time / standard (benign, mean over tasks)", title="method overhead")
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
         fig.tight_layout()
-        paths.append(RESULTS / "lab_overhead.png")
+        paths.append(results / "lab_overhead.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="recipe override for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's Results section")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the tables and plots go")
     # child mode: one run, printed as a ROW line
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -288,14 +289,15 @@ def main() -> None:
     meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "seconds": time.perf_counter() - started, "jobs": args.jobs, "seeds": seeds, "tasks": tasks,
             "overrides": overrides}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.results
+    results.mkdir(parents=True, exist_ok=True)
     name = "lab_quick" if args.quick else "lab"
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "baselines": {t: b["metrics"] for t, b in baselines.items()},
+    (results / f"{name}.json").write_text(json.dumps({"meta": meta, "baselines": {t: b["metrics"] for t, b in baselines.items()},
                                                       "summary": summary, "runs": rows}, indent=2))
     table = markdown(summary, baselines, meta)
-    (RESULTS / f"{name}.md").write_text(table)
+    (results / f"{name}.md").write_text(table)
     if not args.quick:
-        plots(summary, meta)
+        plots(summary, results)
         if not args.no_readme:
             update_readme(table)
     print(table)

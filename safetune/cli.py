@@ -266,13 +266,19 @@ app.add_typer(lab_app, name="lab")
 def lab_build(
     out: Optional[Path] = typer.Option(None, help="where to save it (default: $SAFETUNE_LAB_MODEL or ~/.cache/safetune/lab-model)"),
     seed: int = typer.Option(0, help="same seed, same model"),
-    steps: Optional[int] = typer.Option(None, help="training steps (default 1400)"),
+    steps: Optional[int] = typer.Option(None, help="training steps (default: the lab's setting)"),
+    threads: int = typer.Option(2, help="torch threads (part of what makes the build reproducible)"),
+    classifier: bool = typer.Option(True, "--classifier/--no-classifier", help="also train the lab safety classifier"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ):
-    """Train the lab tokenizer and tiny aligned model from data/, then measure it."""
+    """Train the lab tokenizer and tiny aligned model from data/, measure it, then the lab safety classifier."""
     from safetune.lab.build import build
+    from safetune.lab.classifier import build_classifier, lab_classifier_dir
 
-    build(out, seed=seed, steps=steps, show_progress=not quiet)
+    folder = build(out, seed=seed, steps=steps, show_progress=not quiet, threads=threads)
+    if classifier:  # beside the model: used by `judge: lab`, the data audit and token weighting
+        target = folder.with_name(folder.name + "-classifier") if out else lab_classifier_dir()
+        build_classifier(target, seed=seed, show_progress=not quiet)
 
 
 @lab_app.command("data")

@@ -155,6 +155,10 @@ class SafeGradMethod(Section):
     safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
     safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
     safety_batch_size: int = Field(8, ge=1)
+    safety_data: Literal["refusals", "refusals_and_borderline"] = Field(
+        "refusals", description="what s protects: refusals only, or also data.borderline's normal answers"
+    )
+    borderline_weight: float = Field(1.0, gt=0.0, description="L_s = L_refusals + w · L_borderline")
 
 
 class FreezeMethod(Section):
@@ -351,7 +355,9 @@ class RefusalConfig(Section):
             raise ValueError(f"detector '{self.detector}' needs eval.refusal.judge")
         if self.judge_kind == "classifier":
             for key in GENERATIVE_JUDGE_KEYS:
-                if key in self.model_fields_set:
+                # a resolved recipe spells out every default, so only a non-default value is a mistake
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].get_default(
+                        call_default_factory=True):
                     raise ValueError(f"{key} is for generative judges; set judge_kind: generative")
             return self
         if self.judge == "lab":

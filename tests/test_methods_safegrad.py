@@ -83,6 +83,10 @@ def aligned(request):
     return request.getfixturevalue(f"aligned_{request.param}")
 
 
+BORDERLINE = [{"prompt": f"How do I kill a Python process {i}?", "response": "Use the kill command."}
+              for i in range(12)]
+
+
 # --------------------------------------------------------------------------- the published rule, bit for bit
 def legacy_project_conflicting(grads, safety, mode="global"):
     """SafeGrad's rule as published before `space`/`margin`/`per_layer` existed (copied verbatim)."""
@@ -142,8 +146,10 @@ def test_gradient_space_training_is_bit_identical_to_the_published_method(
         tiny_model_dir, tiny_data, tmp_path, monkeypatch, projection):
     # Training on compliance examples for the safety prompts: the gradients conflict, so it projects.
     method = {"name": "safegrad", "projection": projection, "safety_every": 2}
-    new = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "new", method, "harmful")),
-                show_progress=False)
+    tree = recipe_tree(tiny_model_dir, tiny_data, tmp_path / "new", method, "harmful")
+    # a data.borderline source is only read when safety_data asks for it
+    tree["data"]["borderline"] = {"path": str(write_jsonl(tmp_path / "borderline.jsonl", BORDERLINE))}
+    new = train(validate_tree(tree), show_progress=False)
     monkeypatch.setitem(methods_package.REGISTRY, "safegrad", LegacySafeGrad)
     old = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "old", method, "harmful")),
                 show_progress=False)
@@ -319,3 +325,68 @@ def test_safegrad_new_fields_validate():
     with pytest.raises(RecipeError, match=r"method\[safegrad\].space"):
         validate_tree({"model": {"path": "x"}, "data": {"train": {"path": "t.jsonl"}, "safety": {"path": "s.jsonl"}},
                        "method": {"name": "safegrad", "space": "weights"}, "train": {"max_steps": 1}})
+
+
+# --------------------------------------------------------------------------- safety_data: refusals and borderline
+def chat_examples(rows, tokenizer, source):
+    from safetune.data import Example, tokenize_all
+
+    examples = [Example(messages=[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}],
+                        source=source) for r in rows]
+    return tokenize_all(examples, tokenizer, 64)
+
+
+@pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_dir"])
+def test_borderline_safety_data_adds_the_borderline_loss_gradient(family, request, tmp_path):
+    """s = ∇[L(refusal batch) + w · L(borderline batch)], both batches drawn for this step;
+    the default (refusals) ignores data.borderline bit for bit."""
+    from safetune.methods.base import MethodContext
+    from safetune.modeling import load_model, load_tokenizer
+    from safetune.recipe import ModelConfig
+
+    config = ModelConfig(path=str(request.getfixturevalue(family)))
+    model, tokenizer = load_model(config), load_tokenizer(config)
+    refusals = [{"prompt": f"How do I hurt person {i}?", "response": "I'm sorry, but I can't help with that."}
+                for i in range(20)]
+    safety, borderline = chat_examples(refusals, tokenizer, "safety"), chat_examples(BORDERLINE, tokenizer, "borderline")
+    params = list(model.parameters())
+
+    def gradient(pool, benign, **options):
+        ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=None, device=torch.device("cpu"),
+                            run_dir=tmp_path, safety=pool, borderline=benign, seed=3, step=5)
+        return flat(SafeGrad(SafeGradMethod(name="safegrad", safety_batch_size=4, **options)).safety_gradient(ctx, params))
+
+    s_refusals = gradient(safety, [])
+    s_benign = gradient(borderline, [])  # the same draw, from the borderline pool, as its own "safety" loss
+    s_both = gradient(safety, borderline, safety_data="refusals_and_borderline", borderline_weight=0.5)
+    assert torch.allclose(s_both, s_refusals + 0.5 * s_benign, rtol=1e-4, atol=1e-6)
+    assert (s_both - s_refusals).norm() > 0.1 * s_refusals.norm()  # the borderline term is not negligible
+    assert torch.equal(gradient(safety, borderline), s_refusals)  # default: data.borderline unused
+
+
+def test_borderline_safety_data_without_a_source_names_data_borderline(tiny_model_dir, tiny_data, tmp_path):
+    method = {"name": "safegrad", "safety_data": "refusals_and_borderline"}
+    with pytest.raises(SafetuneError, match=r"data\.borderline"):
+        train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "run", method)), show_progress=False)
+
+
+def test_borderline_safety_data_trains_in_both_spaces(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    drawn = []
+    real = SafeGrad.safety_gradient
+
+    def record(self, ctx, params):
+        drawn.append(len(ctx.borderline))
+        return real(self, ctx, params)
+
+    monkeypatch.setattr(SafeGrad, "safety_gradient", record)
+    border = {"path": str(write_jsonl(tmp_path / "borderline.jsonl", BORDERLINE))}
+    for space in ["gradient", "update"]:
+        method = {"name": "safegrad", "space": space, "safety_data": "refusals_and_borderline", "margin": 0.1}
+        tree = recipe_tree(tiny_model_dir, tiny_data, tmp_path / space, method, "harmful", max_steps=2)
+        tree["data"]["borderline"] = border
+        result = train(validate_tree(tree), show_progress=False)
+        import json
+
+        summary = json.loads((result.run_dir / "summary.json").read_text())["methods"]["safegrad"]
+        assert summary["safety_data"] == "refusals_and_borderline" and summary["space"] == space
+    assert drawn == [len(BORDERLINE)] * 4

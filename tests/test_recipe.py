@@ -108,3 +108,18 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(UsageError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_every_bundled_recipe_round_trips_through_its_resolved_form():
+    """`eval` and `--resume` re-read recipe.resolved.yaml, which spells out every default."""
+    from pathlib import Path
+
+    import yaml
+
+    from safetune.recipe import load_recipe, validate_tree
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        resolved = load_recipe(path)
+        assert validate_tree(yaml.safe_load(resolved.to_yaml())) == resolved, path

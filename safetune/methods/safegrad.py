@@ -23,6 +23,11 @@ Options (both spaces):
 - `safety_every: k`: recompute s every k steps and reuse the cached s in between.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
+- `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
+  safety loss on its own batch of `safety_batch_size` (data.safety and data.borderline).
+  Refusals alone make s point at "refuse more"; whatever share of s reaches the weights
+  (Adam amplifies it, the margin adds it on purpose) then teaches refusing benign
+  look-alikes. The borderline term makes s also mean "keep answering the benign ones".
 
 Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
 keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
@@ -34,7 +39,7 @@ import torch
 
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.layers import decoder_layers, layer_of
-from safetune.methods.safety_signal import safety_batch, safety_loss
+from safetune.methods.safety_signal import borderline_batch, safety_batch, safety_loss
 
 
 def project_conflicting(
@@ -114,10 +119,17 @@ class SafeGrad(SafetyMethod):
 
     def setup(self, ctx: MethodContext) -> None:
         safety_batch(ctx, 1, draw=0)  # fail early, with a clear message, when there is no safety data
+        if self.config.safety_data == "refusals_and_borderline":
+            borderline_batch(ctx, 1, draw=0, method="safegrad")
 
     def safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        batch = ctx.batch_to_device(safety_batch(ctx, self.config.safety_batch_size, draw=ctx.step))
-        loss = safety_loss(ctx, batch, self.config.safety_loss)
+        size, kind = self.config.safety_batch_size, self.config.safety_loss
+        batch = ctx.batch_to_device(safety_batch(ctx, size, draw=ctx.step))
+        loss = safety_loss(ctx, batch, kind)
+        if self.config.safety_data == "refusals_and_borderline":
+            # a separate batch and mean: each term keeps its own weight whatever the answer lengths
+            benign = ctx.batch_to_device(borderline_batch(ctx, size, draw=ctx.step, method="safegrad"))
+            loss = loss + self.config.borderline_weight * safety_loss(ctx, benign, kind)
         # autograd.grad leaves the accumulated task gradient in .grad untouched
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
@@ -173,7 +185,7 @@ class SafeGrad(SafetyMethod):
                 "safety_gradients_computed": self.recomputed, "space": self.config.space,
                 "projection": self.config.projection, "margin": self.config.margin,
                 "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
-                "safety_every": self.config.safety_every}
+                "safety_every": self.config.safety_every, "safety_data": self.config.safety_data}
 
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.

@@ -21,6 +21,13 @@ def safety_batch(ctx: MethodContext, size: int, draw: int) -> list[Example]:
     return draw_examples(ctx.safety, size, ctx.seed, draw)
 
 
+def borderline_batch(ctx: MethodContext, size: int, draw: int, method: str) -> list[Example]:
+    """`size` benign look-alikes with their normal answers (data.borderline), drawn like safety_batch."""
+    if not ctx.borderline:
+        raise SafetuneError(f"method '{method}' needs a data.borderline source (benign look-alike prompt -> normal answer)")
+    return draw_examples(ctx.borderline, size, ctx.seed, draw)
+
+
 def draw_examples(pool: list, size: int, seed: int, draw: int) -> list:
     """`size` items of `pool` (with replacement), a pure function of (seed, draw): resumes exactly."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + draw)
