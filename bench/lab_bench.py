@@ -249,6 +249,8 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--harmful-configs", default=None,
+                        help="configs run in the harmful-10%% setting (default: all of --configs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="one-thread runs side by side")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1 task, 3 configs, 1 seed, 40 steps")
@@ -280,7 +282,9 @@ def main() -> None:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     baselines = ensure_baselines(tasks, args.out)
-    jobs = [(t, c, s, seed) for t in tasks for c in configs for s in settings for seed in seeds]
+    attacked = set(args.harmful_configs.split(",")) if args.harmful_configs else set(configs)
+    jobs = [(t, c, s, seed) for c in configs for s in settings for t in tasks for seed in seeds
+            if s != "harmful-10%" or c in attacked]
     print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda job: launch(job, args.out, overrides), jobs))

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from safetune.lab.tokenizer import train_tokenizer
 
@@ -20,28 +27,62 @@ TINY_TEXTS = [
 ] * 20
 
 
-def make_tiny_model_dir(out: Path, seed: int = 0) -> Path:
+def _save_tiny(out: Path, config_class, model_class, seed: int, **shape) -> Path:
+    """A 2-layer model of one Hugging Face family (hidden 32) with the tests' BPE tokenizer."""
     tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    config = config_class(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        **shape,
     )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
+    model_class(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_model_dir(out: Path, seed: int = 0) -> Path:
+    """Llama (the lab's family)."""
+    return _save_tiny(out, LlamaConfig, LlamaForCausalLM, seed, num_key_value_heads=4)
+
+
+def make_tiny_qwen2_dir(out: Path, seed: int = 0) -> Path:
+    """Qwen2: grouped-query attention, biased q/k/v; MLP output mlp.down_proj."""
+    return _save_tiny(out, Qwen2Config, Qwen2ForCausalLM, seed, num_key_value_heads=2)
+
+
+def make_tiny_neox_dir(out: Path, seed: int = 0) -> Path:
+    """GPT-NeoX: parallel residual, MLP output mlp.dense_4h_to_h, saved with renamed keys (embed_out)."""
+    return _save_tiny(out, GPTNeoXConfig, GPTNeoXForCausalLM, seed)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def patch_compute_loss(monkeypatch, on_call):
+    """Wrap the loop's loss: `on_call(n)` runs before call n (1-based) and may raise or return a
+    factor for the loss (e.g. NaN); used to interrupt or derail training at a chosen step."""
+    import safetune.training as training
+
+    original, calls = training.compute_loss, {"n": 0}
+
+    def patched(methods, ctx, model, batch):
+        calls["n"] += 1
+        factor = on_call(calls["n"])
+        loss = original(methods, ctx, model, batch)
+        return loss * factor if factor is not None else loss
+
+    monkeypatch.setattr(training, "compute_loss", patched)  # monkeypatch.undo() restores it
+
+
+def interrupt_at_call(monkeypatch, at: int):
+    """Ctrl-C at the `at`-th loss computation (one per micro-batch)."""
+
+    def maybe_interrupt(n):
+        if n == at:
+            raise KeyboardInterrupt
+
+    patch_compute_loss(monkeypatch, maybe_interrupt)

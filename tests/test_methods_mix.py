@@ -14,7 +14,7 @@ from safetune.methods.mix import Mix
 from safetune.modeling import load_tokenizer
 from safetune.recipe import MixMethod, ModelConfig, SourceConfig, validate_tree
 from safetune.training import train
-from tests.helpers import write_jsonl
+from tests.helpers import interrupt_at_call, write_jsonl
 
 
 @pytest.fixture()
@@ -104,20 +104,11 @@ def test_resumed_run_draws_the_same_examples(tiny_model_dir, tiny_data, tmp_path
     method = {"name": "mix", "safety_fraction": 0.2, "borderline_fraction": 0.2}
     whole = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "whole", method, borderline_file)),
                   show_progress=False)
-    calls = {"n": 0}
-    real_prepare = Mix.prepare_batch
-
-    def interrupt_at_third(self, ctx, examples, micro_step):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_prepare(self, ctx, examples, micro_step)
-
-    monkeypatch.setattr(Mix, "prepare_batch", interrupt_at_third)
+    interrupt_at_call(monkeypatch, 3)
     recipe = validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "split", method, borderline_file))
     with pytest.raises(SafetuneError, match="interrupted at step 2/6"):
         train(recipe, show_progress=False)
-    monkeypatch.setattr(Mix, "prepare_batch", real_prepare)
+    monkeypatch.undo()
     resumed = train(recipe, resume=True, show_progress=False)
     a, b = load_file(whole.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

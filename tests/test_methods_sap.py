@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from safetune.errors import RecipeError, SafetuneError
 from safetune.methods import MethodContext, build_methods
@@ -16,34 +15,7 @@ from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.data import build_training_data
 from safetune.training import train
-from safetune.lab.tokenizer import train_tokenizer
-from tests.helpers import TINY_TEXTS
-
-
-def make_tiny_neox_dir(out: Path, seed: int = 0) -> Path:
-    """A 2-layer GPT-NeoX (MLP output: dense_4h_to_h) with the tiny test tokenizer."""
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           tie_word_embeddings=False)
-    GPTNeoXForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def make_tiny_qwen2_dir(out: Path, seed: int = 0) -> Path:
-    """A 2-layer Qwen2 (biased q/k/v, MLP output: down_proj) with the tiny test tokenizer."""
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+from tests.helpers import make_tiny_neox_dir, make_tiny_qwen2_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from safetune import checkpoint as ckpt
 from safetune.errors import SafetuneError, UsageError
 from safetune.recipe import validate_tree
 from safetune.training import train
+from tests.helpers import interrupt_at_call
 
 
 def make_recipe(tiny_model_dir, tiny_data, out, **train_overrides):
@@ -110,28 +111,17 @@ def test_dry_run_trains_and_saves_nothing(tiny_model_dir, tiny_data, tmp_path, c
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     """Ctrl-C at step 2 leaves a checkpoint; resuming gives bit-identical weights (mix draws RNG per batch)."""
-    import safetune.training as training
-
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "whole")
     tree["method"] = "mix"
     whole = train(validate_tree(tree), show_progress=False)
 
-    calls = {"n": 0}
-    original = training.compute_loss
-
-    def interrupt_at_third(methods, ctx, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(methods, ctx, model, batch)
-
-    monkeypatch.setattr(training, "compute_loss", interrupt_at_third)
+    interrupt_at_call(monkeypatch, 3)
     tree["output"]["dir"] = str(tmp_path / "split")
     recipe = validate_tree(tree)
     with pytest.raises(SafetuneError, match="interrupted at step 2/6; checkpoint saved"):
         train(recipe, show_progress=False)
     assert ckpt.latest_checkpoint(tmp_path / "split").name == "step-2"
-    monkeypatch.setattr(training, "compute_loss", original)
+    monkeypatch.undo()
     resumed = train(recipe, resume=True, show_progress=False)
     assert resumed.steps == 6
     a, b = weights(whole.final_dir), weights(resumed.final_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from safetune.cli import app
 from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.recipe import validate_tree
 from safetune.training import train
+from tests.helpers import interrupt_at_call, patch_compute_loss
 from tests.test_training import make_recipe
 
 runner = CliRunner()
@@ -36,16 +38,7 @@ def all_finite(folder) -> bool:
 
 def nan_loss_between(monkeypatch, first_call: int, last_call: int):
     """Make compute_loss return NaN for calls first..last (1-based): a transient divergence."""
-    import safetune.training as training
-
-    original, calls = training.compute_loss, {"n": 0}
-
-    def flaky(methods, ctx, model, batch):
-        calls["n"] += 1
-        loss = original(methods, ctx, model, batch)
-        return loss * float("nan") if first_call <= calls["n"] <= last_call else loss
-
-    monkeypatch.setattr(training, "compute_loss", flaky)
+    patch_compute_loss(monkeypatch, lambda n: float("nan") if first_call <= n <= last_call else None)
 
 
 def test_huge_learning_rate_fails_and_writes_nothing_non_finite(tiny_model_dir, tiny_data, tmp_path):
@@ -104,21 +97,11 @@ def test_train_exits_3_when_the_gate_fails_and_keeps_the_checkpoint(tiny_model_d
 
 
 def test_resume_skips_a_damaged_checkpoint(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    import safetune.training as training
-
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    original, calls = training.compute_loss, {"n": 0}
-
-    def interrupt_at_fifth(methods, ctx, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(methods, ctx, model, batch)
-
-    monkeypatch.setattr(training, "compute_loss", interrupt_at_fifth)
+    interrupt_at_call(monkeypatch, 5)
     with pytest.raises(Interrupted, match="Resume with: safetune train"):
         train(validate_tree(tree), show_progress=False)
-    monkeypatch.setattr(training, "compute_loss", original)
+    monkeypatch.undo()
     run = tmp_path / "run"
     assert ckpt.latest_checkpoint(run).name == "step-4"
     weights = run / "checkpoints" / "step-4" / "model.safetensors"
@@ -143,13 +126,11 @@ def test_eval_names_the_damaged_file(tiny_model_dir, tiny_data, tmp_path):
 
 def test_resume_after_a_crash_before_the_first_checkpoint_starts_over(tiny_model_dir, tiny_data, tmp_path,
                                                                        monkeypatch):
-    import safetune.training as training
-
-    def crash(*args):
+    def crash(n):
         raise RuntimeError("power cut")
 
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run")
-    monkeypatch.setattr(training, "compute_loss", crash)
+    patch_compute_loss(monkeypatch, crash)
     with pytest.raises(RuntimeError):
         train(validate_tree(tree), show_progress=False)
     monkeypatch.undo()
@@ -159,45 +140,28 @@ def test_resume_after_a_crash_before_the_first_checkpoint_starts_over(tiny_model
 
 
 def test_resume_refuses_a_new_length_under_a_decaying_schedule(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    import safetune.training as training
-
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    original, calls = training.compute_loss, {"n": 0}
-
-    def interrupt(methods, ctx, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(methods, ctx, model, batch)
-
-    monkeypatch.setattr(training, "compute_loss", interrupt)
+    interrupt_at_call(monkeypatch, 3)
     with pytest.raises(Interrupted):
         train(validate_tree(tree), show_progress=False)
-    monkeypatch.setattr(training, "compute_loss", original)
+    monkeypatch.undo()
     tree["train"]["max_steps"] = 10
     with pytest.raises(UsageError, match="train.max_steps 6 -> 10 would rebuild the cosine LR schedule"):
         train(validate_tree(tree), resume=True, show_progress=False)
 
 
 def test_wall_time_accumulates_over_a_resume(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    import safetune.training as training
-
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    original, calls = training.compute_loss, {"n": 0}
 
-    def slow_then_interrupt(methods, ctx, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def slow_then_interrupt(n):
+        if n == 3:
             raise KeyboardInterrupt
-        import time
-
         time.sleep(0.3)
-        return original(methods, ctx, model, batch)
 
-    monkeypatch.setattr(training, "compute_loss", slow_then_interrupt)
+    patch_compute_loss(monkeypatch, slow_then_interrupt)
     with pytest.raises(Interrupted):
         train(validate_tree(tree), show_progress=False)
-    monkeypatch.setattr(training, "compute_loss", original)
+    monkeypatch.undo()
     result = train(validate_tree(tree), resume=True, show_progress=False)
     assert result.wall_time_s >= 0.6, "the first segment's time is counted"
     assert not math.isnan(result.wall_time_s)
@@ -212,7 +176,7 @@ def test_output_dir_that_is_a_file_is_one_line(tiny_model_dir, tiny_data, tmp_pa
 
 def test_resume_is_exact_on_gpt_neox(tiny_data, tmp_path):
     """GPT-NeoX saves `embed_out` but its module calls it `lm_head`: the resume must still load it."""
-    from tests.test_methods_sap import make_tiny_neox_dir
+    from tests.helpers import make_tiny_neox_dir
 
     model_dir = make_tiny_neox_dir(tmp_path / "neox")
     whole = train(validate_tree(make_recipe(model_dir, tiny_data, tmp_path / "whole", max_steps=4,
