@@ -191,7 +191,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the lab model)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, help="CPU threads for torch; 1 gives steadier numbers on a busy machine")
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the clock starts")
@@ -296,7 +296,7 @@ def markdown(result: dict) -> str:
     lines += ["", "| ratio | of the medians | median of per-block ratios | per CPU second |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {value:.2f}x | {result['paired_ratios'][name]:.2f}x | {result['cpu_time_ratios'][name]:.2f}x |"
               for name, value in result["ratios"].items()]
-    lines += ["", "Same batches, optimizer and schedule, so both loops end at the same weights "
+    lines += ["", "Same batches, optimizer and schedule, so both loops end at the same weights up to rounding "
               "(max |difference| after the last run of each: "
               + ", ".join(f"{k}: {v:.1e}" for k, v in result["max_weight_difference"].items()) + ")."]
     return "\n".join(lines) + "\n"
