@@ -103,6 +103,7 @@ def ensure_baselines(tasks: list[str], out: Path) -> dict:
 
 
 def launch(job: tuple, out: Path, overrides: list[str]) -> dict:
+    """One run in a one-thread child process; its row is appended to <out>/rows.jsonl at once."""
     task, config, setting, seed = job
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, __file__, "--child", "--task", task, "--config", config, "--setting", setting,
@@ -114,6 +115,8 @@ def launch(job: tuple, out: Path, overrides: list[str]) -> dict:
         print(f"FAILED {task}/{config}/{setting}/s{seed}: {last}", flush=True)
         return {"task": task, "config": config, "setting": setting, "seed": seed, "error": last}
     row = json.loads(rows[-1])
+    with (out / "rows.jsonl").open("a", encoding="utf-8") as handle:  # a bench cut short keeps its runs
+        handle.write(json.dumps(row | {"overrides": overrides}) + "\n")
     print(f"{task:9} {config:16} {setting:11} s{seed}: refusal {row['harmful_refusal_rate']:.3f} "
           f"over {row['over_refusal_rate']:.3f} task {row['task_score']:.3f} ({row['wall_time_s']:.0f}s)", flush=True)
     return row
@@ -258,6 +261,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's Results section")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the tables and plots go")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the runs already in <out>/rows.jsonl (same overrides) instead of running them again")
     # child mode: one run, printed as a ROW line
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -285,9 +290,15 @@ def main() -> None:
     attacked = set(args.harmful_configs.split(",")) if args.harmful_configs else set(configs)
     jobs = [(t, c, s, seed) for c in configs for s in settings for t in tasks for seed in seeds
             if s != "harmful-10%" or c in attacked]
-    print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)
+    done = []
+    if args.reuse and (args.out / "rows.jsonl").is_file():
+        done = [row for row in map(json.loads, (args.out / "rows.jsonl").read_text().splitlines())
+                if row.get("overrides") == overrides and (row["task"], row["config"], row["setting"], row["seed"]) in jobs]
+        finished = {(r["task"], r["config"], r["setting"], r["seed"]) for r in done}
+        jobs = [job for job in jobs if job not in finished]
+    print(f"{len(jobs)} runs, {args.jobs} at a time ({len(done)} reused)", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda job: launch(job, args.out, overrides), jobs))
+        rows = done + list(pool.map(lambda job: launch(job, args.out, overrides), jobs))
     summary = aggregate(rows)
     command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
