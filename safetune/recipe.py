@@ -466,6 +466,9 @@ class Recipe(Section):
                 raise ValueError(f"method '{method.name}' needs a data.safety source")
             if method.name == "mix" and method.borderline_fraction > 0 and self.data.borderline is None:
                 raise ValueError("method 'mix' with borderline_fraction > 0 needs a data.borderline source")
+            if method.name == "safegrad" and method.safety_data == "refusals_and_borderline" \
+                    and self.data.borderline is None:
+                raise ValueError("method 'safegrad' with safety_data refusals_and_borderline needs a data.borderline source")
             if getattr(method, "needs_harmful_data", False) and self.data.harmful is None:
                 raise ValueError(f"method '{method.name}' needs a data.harmful source (prompt -> harmful compliance)")
         if self.data.packing and "token_weighting" in names:  # it weights tokens per example row
