@@ -142,6 +142,14 @@ class MixMethod(Section):
         return self
 
 
+# What a method's safety objective covers: refusals only, or also data.borderline's normal
+# answers (so keeping refusals does not teach refusing benign look-alikes). Shared by
+# safegrad and token_weighting: L_s = L(refusals) + borderline_weight · L(borderline).
+SafetyData = Literal["refusals", "refusals_and_borderline"]
+SAFETY_DATA_FIELD = Field("refusals", description="refusals only, or also data.borderline's normal answers")
+BORDERLINE_WEIGHT_FIELD = Field(1.0, gt=0.0, description="L_s = L_refusals + w · L_borderline")
+
+
 class SafeGradMethod(Section):
     """Gradient surgery: drop the part of the task gradient that conflicts with safety."""
 
@@ -155,10 +163,8 @@ class SafeGradMethod(Section):
     safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
     safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
     safety_batch_size: int = Field(8, ge=1)
-    safety_data: Literal["refusals", "refusals_and_borderline"] = Field(
-        "refusals", description="what s protects: refusals only, or also data.borderline's normal answers"
-    )
-    borderline_weight: float = Field(1.0, gt=0.0, description="L_s = L_refusals + w · L_borderline")
+    safety_data: SafetyData = SAFETY_DATA_FIELD
+    borderline_weight: float = BORDERLINE_WEIGHT_FIELD
 
 
 class FreezeMethod(Section):
@@ -218,6 +224,8 @@ class TokenWeightingMethod(Section):
     min_weight: float = Field(0.1, ge=0.0, le=1.0, description="weights are clamped to [min_weight, 1]")
     classifier: str = Field("lab", description="classifier scorer: HF sequence-classification folder, or 'lab'")
     unsafe_label: str = Field("unsafe", description="classifier scorer: the label that means unsafe")
+    safety_data: SafetyData = SAFETY_DATA_FIELD
+    borderline_weight: float = BORDERLINE_WEIGHT_FIELD
     segment_tokens: int = Field(4, ge=1, description="classifier scorer: score the response prefix every k tokens")
     alpha: float = Field(0.2, ge=0.0, description="weight of the safety objective")
     safety_batch_size: int = Field(8, ge=1)
@@ -466,9 +474,9 @@ class Recipe(Section):
                 raise ValueError(f"method '{method.name}' needs a data.safety source")
             if method.name == "mix" and method.borderline_fraction > 0 and self.data.borderline is None:
                 raise ValueError("method 'mix' with borderline_fraction > 0 needs a data.borderline source")
-            if method.name == "safegrad" and method.safety_data == "refusals_and_borderline" \
-                    and self.data.borderline is None:
-                raise ValueError("method 'safegrad' with safety_data refusals_and_borderline needs a data.borderline source")
+            if getattr(method, "safety_data", None) == "refusals_and_borderline" and self.data.borderline is None:
+                raise ValueError(f"method '{method.name}' with safety_data refusals_and_borderline needs "
+                                 "a data.borderline source")
             if getattr(method, "needs_harmful_data", False) and self.data.harmful is None:
                 raise ValueError(f"method '{method.name}' needs a data.harmful source (prompt -> harmful compliance)")
         if self.data.packing and "token_weighting" in names:  # it weights tokens per example row

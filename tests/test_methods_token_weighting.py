@@ -18,7 +18,8 @@ from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.training import train
 from tests.helpers import TINY_TEXTS
-from tests.test_methods_sap import make_tiny_qwen2_dir, recipe_tree
+from tests.helpers import make_tiny_qwen2_dir, write_jsonl
+from tests.test_methods_sap import recipe_tree
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,11 @@ def classifier_dir(tmp_path_factory) -> Path:
     return out
 
 
-def setup_method(model_dir, tiny_data, tmp_path, harmful_ratio=0.0, **fields):
+def setup_method(model_dir, tiny_data, tmp_path, harmful_ratio=0.0, borderline=None, **fields):
     tree = recipe_tree(model_dir, tiny_data, tmp_path / "run", {"name": "token_weighting", **fields})
     tree["data"]["harmful_ratio"] = harmful_ratio
+    if borderline:
+        tree["data"]["borderline"] = {"path": str(borderline)}
     recipe = validate_tree(tree)
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model)
@@ -56,7 +59,8 @@ def setup_method(model_dir, tiny_data, tmp_path, harmful_ratio=0.0, **fields):
     reference = load_model(recipe.model).eval().requires_grad_(False) if method.needs_reference_model else None
     data = build_training_data(recipe.data, tokenizer, seed=0)
     ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=torch.device("cpu"), run_dir=tmp_path,
-                        safety=data.safety, seed=0, reference_model=reference, log=lambda *_: None)
+                        safety=data.safety, borderline=data.borderline, seed=0, reference_model=reference,
+                        log=lambda *_: None)
     method.setup(ctx)
     return ctx, method, data
 
@@ -118,6 +122,23 @@ def test_loss_adds_alpha_times_refusal_and_npo(tiny_model_dir, tiny_data, tmp_pa
     harmful = ctx.batch_to_device(tw.draw_examples(method.harmful, 8, ctx.seed + 1, draw))
     npo = tw.npo_loss(ctx.model, ctx.reference_model, harmful, 0.5)
     assert torch.allclose(total, ctx.model(**batch).loss + 0.5 * (safety + 2.0 * npo), rtol=1e-5)
+
+
+def test_borderline_answers_join_the_safety_objective(tiny_model_dir, tiny_data, tmp_path):
+    """safety_data: refusals_and_borderline adds w x CE(benign look-alike -> normal answer) to the alpha term."""
+    borderline = write_jsonl(tmp_path / "borderline.jsonl", [
+        {"prompt": f"How do I kill a Python process {i}?", "response": "Use the kill command."} for i in range(6)])
+    totals = {}
+    for safety_data in ("refusals", "refusals_and_borderline"):
+        ctx, method, data = setup_method(tiny_model_dir, tiny_data, tmp_path, borderline=borderline, scorer="none",
+                                         alpha=0.5, safety_data=safety_data, borderline_weight=2.0)
+        ctx.step = 3
+        totals[safety_data] = method.loss(ctx, ctx.batch_to_device(data.train[:4]))
+    benign = ctx.model(**ctx.batch_to_device(tw.borderline_batch(ctx, 8, 3 * 1024, "token_weighting"))).loss
+    difference = totals["refusals_and_borderline"] - totals["refusals"]
+    assert torch.allclose(difference, 0.5 * 2.0 * benign, rtol=1e-5)
+    with pytest.raises(Exception, match="needs a data.borderline source"):
+        setup_method(tiny_model_dir, tiny_data, tmp_path, safety_data="refusals_and_borderline")
 
 
 def test_classifier_scores_computed_once_and_reused_from_the_cache(tiny_model_dir, tiny_data, tmp_path,

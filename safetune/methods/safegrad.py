@@ -39,7 +39,7 @@ import torch
 
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.layers import decoder_layers, layer_of
-from safetune.methods.safety_signal import borderline_batch, safety_batch, safety_loss
+from safetune.methods.safety_signal import borderline_batch, safety_batch, safety_objective
 
 
 def project_conflicting(
@@ -123,13 +123,7 @@ class SafeGrad(SafetyMethod):
             borderline_batch(ctx, 1, draw=0, method="safegrad")
 
     def safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        size, kind = self.config.safety_batch_size, self.config.safety_loss
-        batch = ctx.batch_to_device(safety_batch(ctx, size, draw=ctx.step))
-        loss = safety_loss(ctx, batch, kind)
-        if self.config.safety_data == "refusals_and_borderline":
-            # a separate batch and mean: each term keeps its own weight whatever the answer lengths
-            benign = ctx.batch_to_device(borderline_batch(ctx, size, draw=ctx.step, method="safegrad"))
-            loss = loss + self.config.borderline_weight * safety_loss(ctx, benign, kind)
+        loss = safety_objective(ctx, self.config, draw=ctx.step, method=self.name)
         # autograd.grad leaves the accumulated task gradient in .grad untouched
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]

@@ -32,8 +32,8 @@ from safetune.data import IGNORE_INDEX, Example
 from safetune.errors import SafetuneError
 from safetune.files import write_atomic
 from safetune.methods.base import MethodContext, SafetyMethod
-from safetune.methods.safety_signal import (draw_examples, harmful_examples, refusal_ce, safety_batch,
-                                            sequence_logprob, token_logprobs)
+from safetune.methods.safety_signal import (borderline_batch, draw_examples, harmful_examples, safety_batch,
+                                            safety_objective, sequence_logprob, token_logprobs)
 
 DOWN_WEIGHTED = 0.99  # a token with w_t below this counts as down-weighted in the report
 
@@ -125,6 +125,8 @@ class TokenWeighting(SafetyMethod):
     def setup(self, ctx: MethodContext) -> None:
         if self.use_safety:
             safety_batch(ctx, 1, draw=0)  # fail early when there is no safety data
+            if self.config.safety_data == "refusals_and_borderline":
+                borderline_batch(ctx, 1, draw=0, method=self.name)
         if self.use_npo:
             self.harmful = harmful_examples(ctx, self.name)
         if self.config.scorer == "classifier":
@@ -200,7 +202,7 @@ class TokenWeighting(SafetyMethod):
         step, micro = self.micro
         self.micro = (ctx.step, micro + 1 if step == ctx.step else 0)
         draw = ctx.step * 1024 + self.micro[1]
-        safety = refusal_ce(ctx.model, ctx.batch_to_device(safety_batch(ctx, self.config.safety_batch_size, draw)))
+        safety = safety_objective(ctx, self.config, draw, method=self.name)
         if self.use_npo:
             harmful = ctx.batch_to_device(draw_examples(self.harmful, self.config.safety_batch_size, ctx.seed + 1, draw))
             safety = safety + self.config.npo_weight * npo_loss(ctx.model, ctx.reference_model, harmful,
