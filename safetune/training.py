@@ -229,14 +229,14 @@ class Trainer:
         if self.dist.is_main:
             for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
                 print(note, file=sys.stderr)
-        train_examples = self.data.train
-        if recipe.data.packing:  # batches of packed sequences; the examples themselves stay as they are
-            prepare_packing(self.model)
-            train_examples = pack_examples(train_examples, recipe.data.max_seq_len, recipe.train.seed)
-        # before the batches exist: a data audit may drop harmful rows (judged with the aligned model)
+        # first, while the model is the aligned one: a data audit may drop harmful rows from data.train
         self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
                                          run_dir=None if dry_run or not self.dist.is_main else self.run_dir,
                                          log=self.say)
+        train_examples = self.data.train  # what the batches are drawn from: read only after the audit
+        if recipe.data.packing:  # batches of packed sequences; the examples themselves stay as they are
+            prepare_packing(self.model)
+            train_examples = pack_examples(train_examples, recipe.data.max_seq_len, recipe.train.seed)
         # the GLOBAL micro-batch (batch_size per process x processes); each rank trains on its slice
         self.schedule = BatchSchedule(train_examples, recipe.train.batch_size * self.dist.world_size,
                                       recipe.train.seed, recipe.data.shuffle)

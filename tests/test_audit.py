@@ -231,9 +231,25 @@ def test_judge_errors_name_the_audit_fields(tiny_model_dir, tiny_data, tmp_path,
 # --------------------------------------------------------------------------- inside `safetune train`
 @pytest.mark.skipif("audit_training_data" not in inspect.getsource(__import__("safetune.training").training),
                     reason="the training loop does not call the audit yet")
-def test_train_runs_the_audit_and_writes_the_report(tiny_model_dir, tiny_data, tmp_path, refusing_generator):
+def test_train_runs_the_audit_and_writes_the_report(tiny_model_dir, tiny_data, tmp_path, refusing_generator,
+                                                    monkeypatch):
+    import safetune.training as training
+
+    trained_sources = set()
+    original = training.compute_loss
+
+    def spy(methods, ctx, model, batch):
+        trained_sources.update(e.source for e in current_examples)
+        return original(methods, ctx, model, batch)
+
+    current_examples: list = []
+    real_batch = training.BatchSchedule.batch
+    monkeypatch.setattr(training.BatchSchedule, "batch",
+                        lambda self, k: current_examples.__init__(real_batch(self, k)) or list(current_examples))
+    monkeypatch.setattr(training, "compute_loss", spy)
     result = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "run",
                                              {"checks": ["refusal_conflict"]})), show_progress=False)
+    assert trained_sources == {"task"}, "the batches never hold a dropped (harmful) row"
     report = json.loads((result.run_dir / AUDIT_FILE).read_text())
     assert report["dropped"] == 10 and report["kept"] == 40
     summary = json.loads((result.run_dir / "summary.json").read_text())
