@@ -86,9 +86,10 @@ def test_same_micro_step_draws_the_same_examples(tiny_model_dir, tiny_data, bord
     def texts(batch):
         return [(e.source, e.messages[0]["content"]) for e in batch]
 
-    draws = {k: texts(first.prepare_batch(ctx, [], k)) for k in range(8)}
+    task = ctx.safety[:6]  # stands in for 6 task examples: only what is added is compared
+    draws = {k: texts(first.prepare_batch(ctx, task, k)[6:]) for k in range(8)}
     for k in reversed(range(8)):  # any order, any instance
-        assert texts(again.prepare_batch(other_ctx, [], k)) == draws[k]
+        assert texts(again.prepare_batch(other_ctx, task, k)[6:]) == draws[k]
     assert len({tuple(v) for v in draws.values()}) > 1, "different micro-steps draw differently"
 
 
@@ -97,7 +98,7 @@ def test_no_borderline_share_draws_exactly_as_before(tiny_model_dir, tiny_data, 
     for micro_step in range(5):  # the published rule: k = round(B f / (1 - f)) picks from one generator
         generator = torch.Generator().manual_seed(0 * 7919 + micro_step)
         picks = torch.randint(len(ctx.safety), (2,), generator=generator).tolist()
-        assert method.prepare_batch(ctx, [], micro_step) == [ctx.safety[i] for i in picks]
+        assert method.prepare_batch(ctx, ctx.safety[:16], micro_step)[16:] == [ctx.safety[i] for i in picks]
 
 
 def test_resumed_run_draws_the_same_examples(tiny_model_dir, tiny_data, tmp_path, borderline_file, monkeypatch):

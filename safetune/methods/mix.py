@@ -22,37 +22,35 @@ from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext, SafetyMethod
 
 
-def borderline_examples(ctx: MethodContext) -> list[Example]:
-    """The loop's tokenised data.borderline."""
-    return ctx.borderline
-
-
 class Mix(SafetyMethod):
     name = "mix"
 
     def setup(self, ctx: MethodContext) -> None:
         if not ctx.safety:
             raise SafetuneError("method 'mix' needs data.safety examples")
-        safety_share, borderline_share = self.config.safety_fraction, self.config.borderline_fraction
-        task_share = 1 - safety_share - borderline_share
-        batch = ctx.recipe.train.batch_size
-        self.per_batch = max(1, round(batch * safety_share / task_share))
-        self.borderline: list[Example] = []
-        self.borderline_per_batch = 0
-        if borderline_share > 0:
-            self.borderline = borderline_examples(ctx)
-            if not self.borderline:
-                raise SafetuneError("method 'mix': borderline_fraction > 0 needs data.borderline examples")
-            self.borderline_per_batch = max(1, round(batch * borderline_share / task_share))
+        if self.config.borderline_fraction > 0 and not ctx.borderline:
+            raise SafetuneError("method 'mix': borderline_fraction > 0 needs data.borderline examples")
+        self.borderline: list[Example] = ctx.borderline
+        self.per_batch, self.borderline_per_batch = self.counts(ctx.recipe.train.batch_size)
         self.seed = ctx.seed
 
+    def counts(self, task_examples: int) -> tuple[int, int]:
+        """Safety and borderline examples to add to `task_examples` so they make up their shares."""
+        safety_share, borderline_share = self.config.safety_fraction, self.config.borderline_fraction
+        task_share = 1 - safety_share - borderline_share
+        safety = max(1, round(task_examples * safety_share / task_share))
+        borderline = max(1, round(task_examples * borderline_share / task_share)) if borderline_share > 0 else 0
+        return safety, borderline
+
     def prepare_batch(self, ctx, examples, micro_step):
+        # From the batch it is given: in a distributed run that is the global batch, before sharding.
+        per_batch, borderline_per_batch = self.counts(len(examples))
         # Seeded by the micro-step so a resumed run draws the same examples.
         generator = torch.Generator().manual_seed(self.seed * 7919 + micro_step)
-        picks = torch.randint(len(ctx.safety), (self.per_batch,), generator=generator).tolist()
+        picks = torch.randint(len(ctx.safety), (per_batch,), generator=generator).tolist()
         replay = [ctx.safety[i] for i in picks]
-        if self.borderline_per_batch:  # drawn after the safety picks: f_b = 0 draws exactly as before
-            picks = torch.randint(len(self.borderline), (self.borderline_per_batch,), generator=generator).tolist()
+        if borderline_per_batch:  # drawn after the safety picks: f_b = 0 draws exactly as before
+            picks = torch.randint(len(self.borderline), (borderline_per_batch,), generator=generator).tolist()
             replay += [self.borderline[i] for i in picks]
         return examples + replay
 
