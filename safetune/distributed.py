@@ -72,6 +72,13 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite `tensors` in place with rank 0's: a safety-side quantity (a safety gradient,
+        a Fisher) must be the same on every rank, and kernels need not be bit-identical across GPUs."""
+        if self.enabled:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The module the task forward pass goes through: DDP when distributed, else the model."""
         if not self.enabled:

@@ -87,8 +87,11 @@ def prepare_run_dir(recipe, resume: bool, say=print) -> tuple[Path, Path | None]
         resume_from = ckpt.latest_checkpoint(run_dir, skipped)
         for line in skipped:
             say(f"warning: --resume {line}")
-        if resume_from is None and (run_dir / FINAL_DIR).is_dir() and not skipped:
+        if resume_from is None and (run_dir / FINAL_DIR).is_dir():
             raise UsageError(f"--resume: {run_dir} holds a finished run (final/); nothing to resume")
+        if resume_from is None and skipped:  # keep the damaged files for inspection: never delete them
+            raise UsageError(f"--resume: no checkpoint under {run_dir}/checkpoints verifies; "
+                             "use output.overwrite=true to start again")
         if resume_from is not None:
             _refuse_changed_recipe(run_dir, recipe)
         elif leftover:

@@ -203,6 +203,8 @@ class Trainer:
         self.state = TrainState()
         self.monitor: SafetyMonitor | None = None
         self.metrics: MetricsLog | None = None
+        self.stop = {"signal": None}  # set by the SIGTERM handler
+        self.stop_agreed = False  # some rank was asked to stop (agreed on in train_step)
         self._segment_start = time.perf_counter()
 
     # ----------------------------------------------------------------------- setup
@@ -257,7 +259,7 @@ class Trainer:
             model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
             safety=self.data.safety, borderline=self.data.borderline, seed=recipe.train.seed,
             reference_model=reference, log=self.say,
-            is_main=self.dist.is_main,
+            is_main=self.dist.is_main, broadcast_tensors=self.dist.broadcast_tensors,
         )
         for method in self.methods:
             method.setup(self.ctx)
@@ -412,10 +414,13 @@ class Trainer:
         max_norm = recipe.train.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         loss_value = loss_sum / dist.world_size
-        flags = torch.stack([torch.isfinite(loss_value), torch.isfinite(grad_norm)]).float()
-        if dist.enabled:  # every rank must take the same decision
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
-        loss_ok, finite = bool(flags[0]), bool(flags.min())
+        # every rank must take the same decisions: one all-reduce of [loss bad, grad bad, stop asked]
+        flags = torch.stack([~torch.isfinite(loss_value), ~torch.isfinite(grad_norm),
+                             torch.tensor(self.stop["signal"] is not None, device=self.device)]).float()
+        if dist.enabled:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        loss_ok, finite = not bool(flags[0]), not bool(flags[:2].max())
+        self.stop_agreed = bool(flags[2])
         # fp16: non-finite gradients with a finite loss mean the loss scale overflowed, not
         # divergence; the scaler skips the step and lowers the scale
         diverged = not finite and not (self.scaler.is_enabled() and loss_ok)
@@ -447,11 +452,10 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / METRICS_LOG,
                                   self.run_dir / "tensorboard" if recipe.output.tensorboard else None,
                                   enabled=self.dist.is_main)
-        stop = {"signal": None}
-        previous_handler = _install_sigterm(stop)
+        previous_handler = _install_sigterm(self.stop)
         self.model.train()
         if self.monitor and self.monitor.reference is None:
-            first = self.monitor.probe(self.state.step)
+            first = self.probe(self.state.step)
             self.metrics.write(first.record())
             self.say(first.describe())
         if self.monitor:  # the rollback target until a later probe passes (after a resume: the resumed state)
@@ -489,7 +493,7 @@ class Trainer:
                         self.probe_safety(step, bar)
                     if recipe.train.save_every and step % recipe.train.save_every == 0:
                         self.save_periodic(step, bar)
-                    if stop["signal"]:
+                    if self.stop_agreed:  # SIGTERM on any rank: all ranks save and stop at the same step
                         raise StopRequested
         except (KeyboardInterrupt, StopRequested):
             self.save_on_interrupt()
@@ -499,8 +503,14 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous_handler)
         return self.finish()
 
+    def probe(self, step: int):
+        """Rank 0 probes; every rank acts on its result (so all take the same rollback decision)."""
+        result = self.dist.broadcast(self.monitor.probe(step) if self.dist.is_main else None)
+        self.monitor.reference = result.reference
+        return result
+
     def probe_safety(self, step: int, bar) -> None:
-        result = self.monitor.probe(step)
+        result = self.probe(step)
         self.metrics.write(result.record())
         bar.probe(result.describe(), ok=not result.breached)
         if not result.breached:

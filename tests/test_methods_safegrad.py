@@ -224,8 +224,8 @@ def test_safety_average_is_an_exponential_average_of_recomputations():
     params = [torch.nn.Parameter(torch.zeros(2))]
     fresh = iter([[torch.tensor([4.0, 0.0])], [torch.tensor([0.0, 8.0])]])
     method.safety_gradient = lambda ctx, p: next(fresh)
-    method.refresh_safety_gradient(SimpleNamespace(step=0), params)
-    method.refresh_safety_gradient(SimpleNamespace(step=1), params)
+    method.refresh_safety_gradient(SimpleNamespace(step=0, broadcast_tensors=lambda t: None), params)
+    method.refresh_safety_gradient(SimpleNamespace(step=1, broadcast_tensors=lambda t: None), params)
     assert torch.allclose(method.cached[0], torch.tensor([3.0, 2.0]))  # 0.75·[4,0] + 0.25·[0,8]
 
 

@@ -187,3 +187,16 @@ def test_resume_is_exact_on_gpt_neox(tiny_data, tmp_path):
     resumed = train(validate_tree(split), resume=True, show_progress=False)
     a, b = load_file(whole.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_every_checkpoint_damaged_deletes_nothing(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
+    interrupt_at_call(monkeypatch, 5)
+    with pytest.raises(Interrupted):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.undo()
+    for weights in (tmp_path / "run" / "checkpoints").glob("step-*/model.safetensors"):
+        weights.write_bytes(b"damaged")
+    with pytest.raises(UsageError, match="no checkpoint under .* verifies; use output.overwrite=true"):
+        train(validate_tree(tree), resume=True, show_progress=False)
+    assert len(list((tmp_path / "run" / "checkpoints").glob("step-*"))) == 2, "kept for inspection"

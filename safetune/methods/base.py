@@ -43,6 +43,8 @@ class MethodContext:
     # safety-side passes (identical on every rank). Only the main process writes files.
     train_model: nn.Module | None = None
     is_main: bool = True
+    # makes a safety-side tensor list identical on every rank (rank 0's); a no-op on one process
+    broadcast_tensors: Callable[[list[torch.Tensor]], None] = lambda tensors: None
 
     def task_model(self) -> nn.Module:
         return self.train_model if self.train_model is not None else self.model

@@ -36,6 +36,7 @@ class EWC(SafetyMethod):
             ctx.log(f"ewc: reusing the Fisher cached in {cache}")
         else:
             self.fisher = diagonal_fisher(ctx, self.config.fisher_samples, self.config.fisher_batch_size)
+            ctx.broadcast_tensors(list(self.fisher.values()))  # one Fisher for all ranks
             if ctx.run_dir.is_dir() and ctx.is_main:
                 save_file({k: v.contiguous().cpu() for k, v in self.fisher.items()}, str(cache))
         self.names = [name for name, _ in params if name in self.fisher]

@@ -133,6 +133,7 @@ class SafeGrad(SafetyMethod):
             self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
         if self.cached is None or ctx.step % self.config.safety_every == 0:
             fresh = self.safety_gradient(ctx, params)
+            ctx.broadcast_tensors(fresh)  # every rank projects against the same s
             beta = self.config.safety_average
             if self.cached is None or beta == 0:
                 self.cached = fresh
