@@ -232,9 +232,15 @@ class Trainer:
             for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
                 print(note, file=sys.stderr)
         # first, while the model is the aligned one: a data audit may drop harmful rows from data.train
-        self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
-                                         run_dir=None if dry_run or not self.dist.is_main else self.run_dir,
-                                         log=self.say)
+        # (rank 0 audits; the others keep exactly the rows it kept)
+        everything = self.data.train
+        if self.dist.is_main:
+            self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
+                                             run_dir=None if dry_run else self.run_dir, log=self.say)
+        position = {id(example): i for i, example in enumerate(everything)}
+        kept = self.dist.broadcast([position[id(e)] for e in self.data.train] if self.dist.is_main else None)
+        self.audit = self.dist.broadcast(self.audit if self.dist.is_main else None)
+        self.data.train = [everything[i] for i in kept]
         train_examples = self.data.train  # what the batches are drawn from: read only after the audit
         if recipe.data.packing:  # batches of packed sequences; the examples themselves stay as they are
             prepare_packing(self.model)
