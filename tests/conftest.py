@@ -22,13 +22,19 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 
-from tests.helpers import TINY_TEXTS, make_tiny_model_dir, write_jsonl  # noqa: E402
+from tests.helpers import TINY_TEXTS, make_tiny_model_dir, make_tiny_qwen2_dir, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved 2-layer Llama (hidden 32) + byte-level BPE tokenizer with a chat template."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    """A second family: a 2-layer Qwen2 (grouped-query attention, biased q/k/v), same tokenizer."""
+    return make_tiny_qwen2_dir(tmp_path_factory.mktemp("tiny-qwen2"))
 
 
 @pytest.fixture()

@@ -8,17 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import safetune.methods as methods_package
 from safetune.errors import SafetuneError
-from safetune.lab.tokenizer import train_tokenizer
 from safetune.methods.base import SafetyMethod
 from safetune.methods.safegrad import SafeGrad, layer_groups, project_conflicting
 from safetune.methods.safety_signal import safety_batch, safety_loss
 from safetune.recipe import SafeGradMethod, validate_tree
 from safetune.training import train
-from tests.helpers import TINY_TEXTS, write_jsonl
+from tests.helpers import write_jsonl
 
 
 def flat(tensors):
@@ -36,19 +34,6 @@ def recipe_tree(model_dir, tiny_data, out, method, train_file="task", **train_se
     }
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory):
-    """A second model family: a 2-layer Qwen2 with the tests' BPE tokenizer."""
-    out = tmp_path_factory.mktemp("tiny-qwen2")
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def align(model_dir, out):

@@ -5,30 +5,13 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from safetune.data import IGNORE_INDEX, Example, build_training_data, collate, pack_examples, prepare_packing
 from safetune.errors import RecipeError, SafetuneError
-from safetune.lab.tokenizer import train_tokenizer
 from safetune.modeling import load_tokenizer
 from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
 from safetune.training import Trainer, next_token_loss, trained_tokens
-from tests.helpers import TINY_TEXTS
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory):
-    """A second family (grouped-query attention, biased q/k/v) with the tests' tokenizer."""
-    out = tmp_path_factory.mktemp("tiny-qwen2-packing")
-    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(params=["llama", "qwen2"])
