@@ -37,6 +37,12 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
     return make_tiny_qwen2_dir(tmp_path_factory.mktemp("tiny-qwen2"))
 
 
+@pytest.fixture(params=["llama", "qwen2"])
+def model_dir(request, tiny_model_dir, tiny_qwen2_dir) -> Path:
+    """Each test using it runs on two Hugging Face families."""
+    return tiny_model_dir if request.param == "llama" else tiny_qwen2_dir
+
+
 @pytest.fixture()
 def tiny_data(tmp_path) -> dict[str, Path]:
     """Task, safety and harmful JSONL files small enough for a few training steps."""

@@ -15,22 +15,12 @@ from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.data import build_training_data
 from safetune.training import train
-from tests.helpers import make_tiny_neox_dir, make_tiny_qwen2_dir
+from tests.helpers import make_tiny_neox_dir
 
 
 @pytest.fixture(scope="module")
 def neox_dir(tmp_path_factory) -> Path:
     return make_tiny_neox_dir(tmp_path_factory.mktemp("tiny-neox"))
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory) -> Path:
-    return make_tiny_qwen2_dir(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-@pytest.fixture(params=["llama", "qwen2"])
-def model_dir(request, tiny_model_dir, qwen2_dir) -> Path:
-    return tiny_model_dir if request.param == "llama" else qwen2_dir
 
 
 def recipe_tree(model_dir, tiny_data, out, method, **train_settings):
@@ -83,9 +73,9 @@ def test_default_layers_are_the_middle_two():
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "neox"])
-def test_mlp_output_found_on_llama_qwen2_neox_and_under_lora(family, tiny_model_dir, qwen2_dir, neox_dir, tiny_data,
+def test_mlp_output_found_on_llama_qwen2_neox_and_under_lora(family, tiny_model_dir, tiny_qwen2_dir, neox_dir, tiny_data,
                                                               tmp_path):
-    model_dir = {"llama": tiny_model_dir, "qwen2": qwen2_dir, "neox": neox_dir}[family]
+    model_dir = {"llama": tiny_model_dir, "qwen2": tiny_qwen2_dir, "neox": neox_dir}[family]
     ctx, method, _ = setup_sap(model_dir, tiny_data, tmp_path)
     assert method.layers == [0, 1] and len(method.probes) == 2
     from safetune.modeling import add_lora

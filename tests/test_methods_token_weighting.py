@@ -18,18 +18,8 @@ from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.training import train
 from tests.helpers import TINY_TEXTS
-from tests.helpers import make_tiny_qwen2_dir, write_jsonl
+from tests.helpers import write_jsonl
 from tests.test_methods_sap import recipe_tree
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory) -> Path:
-    return make_tiny_qwen2_dir(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-@pytest.fixture(params=["llama", "qwen2"])
-def model_dir(request, tiny_model_dir, qwen2_dir) -> Path:
-    return tiny_model_dir if request.param == "llama" else qwen2_dir
 
 
 @pytest.fixture(scope="module")

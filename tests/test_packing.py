@@ -14,11 +14,6 @@ from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
 from safetune.training import Trainer, next_token_loss, trained_tokens
 
 
-@pytest.fixture(params=["llama", "qwen2"])
-def model_dir(request, tiny_model_dir, tiny_qwen2_dir):
-    return tiny_model_dir if request.param == "llama" else tiny_qwen2_dir
-
-
 def examples_of(tiny_model_dir, tiny_data, max_seq_len=64):
     tokenizer = load_tokenizer(ModelConfig(path=str(tiny_model_dir)))
     config = DataConfig(train=SourceConfig(path=str(tiny_data["task"])),
