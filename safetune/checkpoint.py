@@ -49,17 +49,23 @@ def save_checkpoint(
     tokenizer,
     trainer_state: dict[str, Any],
     training_state: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write model + tokenizer (+ resume state) to `folder` atomically."""
+    """Write model + tokenizer (+ resume state) to `folder` atomically.
+
+    `weights`: the whole state dict when the model itself holds only shards (FSDP);
+    default: the model's own.
+    """
     folder = Path(folder)
-    bad = nonfinite_tensors(model)
+    bad = nonfinite_tensors(weights if weights is not None else model.state_dict())
     if bad:
         raise NonFiniteWeights(f"{len(bad)} tensors hold NaN/inf (first: {bad[0]})")
     tmp = folder.with_name(f".tmp-{folder.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
+    _name_plain_class(tmp / "config.json", model)
     tokenizer.save_pretrained(tmp)
     if training_state is not None:
         torch.save(training_state, tmp / TRAINING_STATE)
@@ -86,10 +92,22 @@ def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[-1])
 
 
-def nonfinite_tensors(model) -> list[str]:
+def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Names of parameters/buffers holding NaN or inf (one reduction each, no copies)."""
-    return [name for name, tensor in model.state_dict().items()
+    return [name for name, tensor in state_dict.items()
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def _name_plain_class(config_file: Path, model) -> None:
+    """FSDP2 renames a sharded model's class to FSDP<Class>; the saved config must name <Class>."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return
+    plain = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["architectures"] = [plain.__name__]
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _sha256(path: Path) -> str:

@@ -1,9 +1,18 @@
 """Running on several processes: torch.distributed, as torchrun or accelerate launch it.
 
 Both launchers set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; safetune
-reads them, joins the process group (NCCL on GPUs, gloo on CPUs) and wraps the model in
-DistributedDataParallel. There is no second training loop: `Trainer` asks this module
-who it is (rank, world size) and the rest of the loop is the same on 1..N processes.
+reads them, joins the process group (NCCL on GPUs, gloo on CPUs) and distributes the model
+by `train.distributed.strategy`:
+
+- `ddp`: DistributedDataParallel. Every rank holds the whole model; gradients are
+  all-reduced during backward. For models that fit one device.
+- `fsdp`: torch's FSDP2 (`fully_shard`, each decoder layer and then the whole model).
+  Parameters, gradients and optimizer state are sharded across ranks (DTensors, split
+  along dim 0); a layer's full weights exist only while it computes. For models that do
+  not fit one device. `accelerate launch --use_fsdp` selects it too.
+
+There is no second training loop: `Trainer` asks this module who it is (rank, world size)
+and the rest of the loop is the same on 1..N processes.
 
 What each rank does:
 - every rank builds the same global micro-batch (a pure function of seed and step, safety
@@ -12,7 +21,12 @@ What each rank does:
   (SafeGrad) see the same synchronised gradients on every rank and compute the same
   safety gradient from the same safety examples: every rank makes the same edit;
 - rank 0 alone writes files (run directory, metrics, checkpoints, reports) and
-  evaluates; the others wait at a barrier where they must.
+  evaluates; the others wait at a barrier where they must;
+- under FSDP no rank can run the model alone (each forward gathers the layers' shards
+  from every rank): safety probes, the held-out loss and the final evaluation run on
+  every rank on the same prompts (`mirrored`), and only rank 0 writes. Methods' sums
+  over parameters (SafeGrad's dot products, norms) are per-shard partial sums added up
+  across ranks (`sum_over_shards`).
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 # The baseline evaluation runs on rank 0 while the others wait: allow it time.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
@@ -33,6 +48,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    strategy: str = "ddp"  # "ddp" | "fsdp"
 
     @property
     def enabled(self) -> bool:
@@ -42,19 +58,26 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: no rank holds the whole model, so model passes run on every rank (mirrored)."""
+        return self.enabled and self.strategy == "fsdp"
+
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls, strategy: str = "ddp") -> "Distributed":
         """Join the process group a launcher prepared; a plain `safetune train` is world size 1."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # accelerate launch --use_fsdp
+            strategy = "fsdp"
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(local_rank)
             dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
-        return cls(rank=rank, world_size=world_size, local_rank=local_rank)
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank, strategy=strategy)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -74,20 +97,94 @@ class Distributed:
 
     def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
         """Overwrite `tensors` in place with rank 0's: a safety-side quantity (a safety gradient,
-        a Fisher) must be the same on every rank, and kernels need not be bit-identical across GPUs."""
+        a Fisher) must be the same on every rank, and kernels need not be bit-identical across GPUs.
+        Sharded tensors (FSDP) are skipped: each rank holds a different shard, and FSDP's
+        reduce-scatter already gave every shard the same (averaged) value."""
         if self.enabled:
             for tensor in tensors:
-                dist.broadcast(tensor, src=0)
+                if not isinstance(tensor, DTensor):
+                    dist.broadcast(tensor, src=0)
+
+    def shard_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """FSDP2: shard each decoder layer, then the rest (embeddings, final norm, head) as one group.
+
+        In place (the model's class becomes FSDP<Class>); parameter names do not change. Call
+        before the optimizer is built, so it holds the sharded parameters.
+        """
+        if not self.sharded:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from safetune.methods.layers import decoder_layers
+
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        _, blocks = decoder_layers(model)
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The module the task forward pass goes through: DDP when distributed, else the model."""
-        if not self.enabled:
+        """The module the task forward pass goes through: DDP when distributed, else the model
+        (under FSDP the model itself, already sharded by `shard_model`)."""
+        if not self.enabled or self.sharded:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
+    def mirrored(self) -> bool:
+        """Does this rank run model passes that rank 0 needs (probes, evaluation)? Only under FSDP."""
+        return self.is_main or self.sharded
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- sharded tensors
+def is_fsdp_model(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def is_sharded(tensor) -> bool:
+    return isinstance(tensor, DTensor)
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (a view: in-place edits change the parameter), else itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (a collective for a sharded tensor: every rank must call it)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """Per-shard partial sums -> the sums over the whole parameters (every rank gets them)."""
+    if sharded and dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def distribute_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A whole tensor laid out like `like` (sharded the same way), e.g. state loaded from a checkpoint."""
+    if not isinstance(like, DTensor) or isinstance(full, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+
+
+def gather_full(obj):
+    """`obj` with every sharded tensor replaced by the whole tensor (collective; for checkpoints)."""
+    if isinstance(obj, DTensor):
+        return obj.full_tensor().cpu()
+    if isinstance(obj, dict):
+        return {key: gather_full(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_full(value) for value in obj)
+    return obj

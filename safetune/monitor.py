@@ -67,7 +67,7 @@ class SafetyMonitor:
 
     def remember(self, state: dict) -> None:
         """Keep a copy of a state that passed (in memory: the model and optimizer state dicts)."""
-        self.snapshot = copy.deepcopy(state)
+        self.snapshot = clone_state(state)
 
     def state_dict(self) -> dict:
         return {"reference": self.reference, "rollbacks": self.rollbacks}
@@ -75,3 +75,17 @@ class SafetyMonitor:
     def load_state_dict(self, state: dict) -> None:
         self.reference = state.get("reference")
         self.rollbacks = state.get("rollbacks", 0)
+
+
+def clone_state(obj):
+    """A deep copy in which tensors are cloned as tensors (FSDP's sharded DTensors included,
+    which `copy.deepcopy` cannot copy)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {key: clone_state(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(clone_state(value) for value in obj)
+    return copy.deepcopy(obj)

@@ -250,6 +250,14 @@ NEEDS_SAFETY_DATA = {"mix", "safegrad", "ewc", "sap"}
 
 
 # --------------------------------------------------------------------------- train
+class DistributedConfig(Section):
+    """How a run launched on several processes (torchrun / accelerate launch) shares the model."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: a whole model per process; fsdp: parameters, gradients and optimizer "
+                           "state sharded across processes (FSDP2), for models that do not fit one device")
+
+
 class TrainConfig(Section):
     seed: int = 0
     batch_size: int = Field(8, ge=1)
@@ -271,6 +279,7 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before on_nonfinite acts")
     on_nonfinite: Literal["rollback", "stop"] = Field(
         "rollback", description="rollback: to the last checkpoint/passing probe with LR x0.5; stop: error")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

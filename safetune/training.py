@@ -34,7 +34,7 @@ from safetune import checkpoint as ckpt
 from safetune.audit import audit_training_data
 from safetune.data import (IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, pack_examples,
                            prepare_packing)
-from safetune.distributed import Distributed
+from safetune.distributed import Distributed, full_tensor, gather_full
 from safetune.envinfo import collect_env
 from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.files import write_atomic
@@ -195,7 +195,9 @@ class StopRequested(Exception):
 class Trainer:
     def __init__(self, recipe: Recipe, *, show_progress: bool = True, command: str | None = None):
         self.recipe = recipe
-        self.dist = Distributed.from_env()
+        self.dist = Distributed.from_env(recipe.train.distributed.strategy)
+        if self.dist.enabled:  # the strategy in effect (accelerate's --use_fsdp may pick it) is what the run records
+            recipe.train.distributed.strategy = self.dist.strategy
         self.show_progress = show_progress and self.dist.is_main  # rank 0 alone draws and prints
         self.say = print if self.show_progress else (lambda *_: None)
         # how the user started this run, for the "resume with" hint
@@ -259,8 +261,10 @@ class Trainer:
         # safety methods (they may freeze parameters, so before the optimizer)
         self.methods: list[SafetyMethod] = build_methods(recipe.method)
         reference = None
-        if any(m.needs_reference_model for m in self.methods):
+        if any(m.needs_reference_model for m in self.methods):  # a whole, unsharded copy
             reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # FSDP: shard now, so methods set up on (and the optimizer holds) the sharded parameters
+        self.model = self.dist.shard_model(self.model, self.device)
         self.ctx = MethodContext(
             model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
             safety=self.data.safety, borderline=self.data.borderline, seed=recipe.train.seed,
@@ -318,10 +322,29 @@ class Trainer:
                 "methods": {m.name: m.state_dict() for m in self.methods},
                 "monitor": self.monitor.state_dict() if self.monitor else {}}
 
-    def restore_state(self, state: dict) -> None:
+    def checkpoint_state(self) -> dict:
+        """`capture_state()` as a checkpoint file holds it: no weights (they go to model.safetensors)
+        and whole tensors. Under FSDP this gathers shards: every rank must call it."""
+        state = {k: v for k, v in self.capture_state().items() if k != "model"}
+        state["trainer"]["wall_time_s"] = self.elapsed()
+        if self.dist.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            state["optimizer"] = get_optimizer_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state["methods"] = gather_full(state["methods"])
+        return state
+
+    def restore_state(self, state: dict, from_disk: bool = False) -> None:
         if "model" in state:
             self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if from_disk and self.dist.sharded:  # whole tensors from checkpoint_state(): shard them again
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -338,24 +361,38 @@ class Trainer:
         return self.state.wall_time_s + (time.perf_counter() - self._segment_start)
 
     def save_checkpoint(self, folder: Path, with_state: bool) -> None:
-        """Rank 0 writes; the others wait until the folder is complete."""
+        """Rank 0 writes; the others wait until the folder is complete (under FSDP they first
+        send rank 0 their shards)."""
+        weights = None
+        if self.dist.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = self.checkpoint_state() if with_state and self.dist.mirrored() else None
         if not self.dist.is_main:
             self.dist.barrier()
             return
         info = {"step": self.state.step, "total_steps": self.total_steps, "method": self.recipe.method_names,
                 "recipe": self.recipe.name, "wall_time_s": round(self.elapsed(), 2)}
-        state = None
-        if with_state:  # the weights are already in model.safetensors
-            state = {k: v for k, v in self.capture_state().items() if k != "model"}
-            state["trainer"]["wall_time_s"] = self.elapsed()
         try:
-            ckpt.save_checkpoint(folder, self.model, self.tokenizer, info, state)
+            ckpt.save_checkpoint(folder, self.model, self.tokenizer, info, state, weights=weights)
         finally:
             self.dist.barrier()
 
+    def load_weights(self, folder: Path) -> None:
+        """A checkpoint's weights into the model (under FSDP: each rank keeps its shards of them)."""
+        if not self.dist.sharded:
+            load_trained_weights(self.model, folder, self.device)
+            return
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        weights = load_file(Path(folder) / "model.safetensors", device=str(self.device))
+        set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+
     def load_checkpoint(self, folder: Path) -> None:
         try:
-            load_trained_weights(self.model, folder, self.device)
+            self.load_weights(folder)
             state = ckpt.load_training_state(folder)
         except Exception as err:  # damaged despite its manifest (or written before manifests existed)
             raise SafetuneError(f"--resume: cannot load {folder}: {str(err).splitlines()[0]}") from None
@@ -363,12 +400,12 @@ class Trainer:
         if saved_world != self.dist.world_size:
             raise UsageError(f"--resume: {folder} was written by {saved_world} processes; resume with the same "
                              "number (the global batch is train.batch_size x processes x train.grad_accum)")
-        self.restore_state(state)
+        self.restore_state(state, from_disk=True)
 
-    def rollback(self, target: dict, lr_factor: float) -> None:
+    def rollback(self, target: dict, lr_factor: float, from_disk: bool = False) -> None:
         """Back to a saved state, with the learning rate lowered by `lr_factor`."""
         keep = self.state
-        self.restore_state(target)
+        self.restore_state(target, from_disk=from_disk)
         self.state.lr_scale = keep.lr_scale * lr_factor
         self.state.wall_time_s = keep.wall_time_s
         self.state.divergence_rollbacks = keep.divergence_rollbacks
@@ -408,7 +445,10 @@ class Trainer:
             # DDP averages gradients over ranks: x world_size makes that average a token-weighted sum
             weight = sum(trained_tokens(e) for e in mine) / step_tokens * dist.world_size
             last = micro == accum - 1
-            with (nullcontext() if last or not dist.enabled else self.train_model.no_sync()), self._autocast():
+            # DDP: all-reduce on the last micro-batch only. FSDP reduce-scatters every micro-batch:
+            # skipping it would keep every layer's whole gradient in memory, which FSDP exists to avoid.
+            skip_sync = not last and dist.enabled and not dist.sharded
+            with (self.train_model.no_sync() if skip_sync else nullcontext()), self._autocast():
                 loss = compute_loss(self.methods, ctx, self.train_model, batch)
             self.scaler.scale(loss * weight).backward()
             loss_sum += loss.detach().float() * weight
@@ -418,7 +458,7 @@ class Trainer:
         for method in self.methods:
             logs.update(method.after_backward(ctx))
         max_norm = recipe.train.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))  # FSDP: a DTensor
         loss_value = loss_sum / dist.world_size
         # every rank must take the same decisions: one all-reduce of [loss bad, grad bad, stop asked]
         flags = torch.stack([~torch.isfinite(loss_value), ~torch.isfinite(grad_norm),
@@ -510,8 +550,9 @@ class Trainer:
         return self.finish()
 
     def probe(self, step: int):
-        """Rank 0 probes; every rank acts on its result (so all take the same rollback decision)."""
-        result = self.dist.broadcast(self.monitor.probe(step) if self.dist.is_main else None)
+        """Rank 0 probes (under FSDP every rank runs it with rank 0); every rank acts on rank 0's
+        result, so all take the same rollback decision."""
+        result = self.dist.broadcast(self.monitor.probe(step) if self.dist.mirrored() else None)
         self.monitor.reference = result.reference
         return result
 
@@ -553,12 +594,12 @@ class Trainer:
                                 "or train in float32/bf16; nothing non-finite was saved")
         # the newest good state: the monitor's last passing snapshot or the last checkpoint on disk
         if snapshot is not None and (folder is None or snapshot["trainer"]["step"] >= ckpt.checkpoint_step(folder)):
-            target, source = snapshot, "the last passing safety probe"
+            target, source, from_disk = snapshot, "the last passing safety probe", False
         else:
-            load_trained_weights(self.model, folder, self.device)
-            target, source = ckpt.load_training_state(folder), folder.name
+            self.load_weights(folder)
+            target, source, from_disk = ckpt.load_training_state(folder), folder.name, True
         rollbacks = self.state.divergence_rollbacks + 1
-        self.rollback(target, DIVERGENCE_LR_FACTOR)
+        self.rollback(target, DIVERGENCE_LR_FACTOR, from_disk=from_disk)
         self.state.divergence_rollbacks = rollbacks
         self.metrics.write({"step": step, "rollback_to": self.state.step, "lr_scale": self.state.lr_scale,
                             "reason": "non-finite"})
@@ -589,10 +630,17 @@ class Trainer:
         step = self.state.step
         wall_time = self.elapsed()
         final_dir = self.run_dir / FINAL_DIR
-        if not self.dist.is_main:  # rank 0 saves and evaluates; the others are done
+        if not self.dist.mirrored():  # DDP: rank 0 saves and evaluates; the others are done
             self.save_checkpoint(final_dir, with_state=False)
             return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
         eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device)
+        methods = {m.name: m.summary() for m in self.methods}  # (FSDP: sums over shards on every rank)
+        if not self.dist.is_main:  # FSDP: send rank 0 the shards, run the evaluation with it, write nothing
+            self.save_checkpoint(final_dir, with_state=False)
+            if recipe.eval.suites and recipe.eval.at_end:
+                final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, {"steps": step,
+                             "wall_time_s": wall_time, "methods": {}}, show_progress=False, write=False)
+            return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
         if eval_loss is not None:
             self.say(f"held-out task loss: {eval_loss:.4f}")
         try:
@@ -605,7 +653,7 @@ class Trainer:
                    "harmful_in_train": self.data.harmful_in_train, "train_examples": len(self.data.train),
                    "dropped_rows": self.data.dropped, "truncated_rows": self.data.truncated,
                    "data_audit": self.audit,
-                   "methods": {m.name: m.summary() for m in self.methods},
+                   "methods": methods,
                    "monitor": self.monitor.state_dict() if self.monitor else None}
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         report = None
@@ -695,10 +743,11 @@ def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool
     model.train()
 
 
-def final_report(recipe, run_dir: Path, final_dir: Path, model, tokenizer, summary: dict, show_progress: bool) -> dict:
+def final_report(recipe, run_dir: Path, final_dir: Path, model, tokenizer, summary: dict, show_progress: bool,
+                 write: bool = True) -> dict:
     from safetune.evaluation.runner import evaluate_model, load_baseline
 
     run_info = {"method": recipe.method_names, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
                 "recipe": recipe.name, "methods": summary["methods"]}
     return evaluate_model(model, tokenizer, recipe, final_dir, checkpoint=str(final_dir),
-                          baseline=load_baseline(run_dir), run_info=run_info, progress=show_progress)
+                          baseline=load_baseline(run_dir), run_info=run_info, progress=show_progress, write=write)

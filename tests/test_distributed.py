@@ -105,3 +105,78 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_da
         trainer.model(**batch).loss.backward()
         grads[checkpointing] = [p.grad.clone() for p in trainer.trainable]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[False], grads[True]))
+
+
+# FSDP2 shards every parameter across the 2 ranks (DTensors): SafeGrad's dot products and
+# norms are per-shard sums added up across ranks, EWC's Fisher and SAP's direction come
+# through FSDP's reduce-scattered gradients. The result must still be the 1-process run's.
+@pytest.mark.parametrize("method", [
+    "safegrad",
+    {"name": "ewc", "strength": 100.0, "fisher_samples": 8},
+    pytest.param("standard", marks=pytest.mark.slow),
+    pytest.param({"name": "safegrad", "space": "update", "projection": "per_layer", "margin": 0.1},
+                 marks=pytest.mark.slow),
+    pytest.param([{"name": "freeze", "layers": [0]}, "safegrad"], marks=pytest.mark.slow),
+])
+def test_fsdp_two_processes_equal_one(tiny_model_dir, tiny_data, tmp_path, method):
+    tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, method)
+    one = train(validate_tree(tree), show_progress=False)
+    two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp",
+                        f"output.dir={tmp_path / 'two'}", "--quiet"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    final = tmp_path / "two" / "final"
+    a, b = load_file(one.final_dir / "model.safetensors"), load_file(final / "model.safetensors")
+    assert set(a) <= set(b)
+    # FSDP's reduce-scatter adds the ranks' gradients in another order than one process does,
+    # and SafeGrad's projection of Adam's update carries that rounding a little further
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+    config = json.loads((final / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"], "the saved model names its own class, not FSDP's"
+    resolved = yaml.safe_load((tmp_path / "two" / "recipe.resolved.yaml").read_text())
+    assert resolved["train"]["distributed"]["strategy"] == "fsdp"
+
+
+def test_fsdp_resume_probes_and_final_evaluation(tiny_model_dir, tiny_data, tmp_path):
+    """Under FSDP no rank can run the model alone: probes and the final evaluation run on
+    both ranks, rank 0 alone writes, and a resumed run (whole tensors in the checkpoint,
+    sharded again on load) ends where the uninterrupted one does."""
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "full", max_steps=4, batch_size=4, save_every=2,
+                       lr_schedule="constant")
+    tree["method"] = [{"name": "safegrad", "safety_every": 2}, {"name": "ewc", "strength": 10.0, "fisher_samples": 8}]
+    tree["monitor"] = {"every": 2, "samples": 4, "on_breach": "warn"}
+    tree["eval"] = {"max_new_tokens": 4, "batch_size": 8,
+                    "suites": [{"kind": "harmful", "path": str(tiny_data["safety"]), "limit": 6}]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    fsdp = ["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp", "--quiet"]
+    full = run_torchrun([*fsdp, f"output.dir={tmp_path / 'full'}"], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    report = json.loads((tmp_path / "full" / "final" / "safety_report.json").read_text())
+    assert report["suites"][0]["name"] == "harmful"
+    probes = [json.loads(row) for row in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in probes if "probe/harmful_refusal_rate" in row] == [0, 2, 4]
+
+    half = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "train.max_steps=2"], tmp_path)
+    assert half.returncode == 0, half.stderr[-3000:]
+    resumed = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "final" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [
+    {"name": "sap", "pairs_per_step": 2},  # each rank trains its probe on its own micro-batch: no 1-process twin
+    {"name": "token_weighting", "scorer": "reference", "alpha": 0.5, "npo_weight": 0.5, "safety_batch_size": 2},
+])
+def test_fsdp_runs_the_other_gradient_methods(tiny_model_dir, tiny_data, tmp_path, method):
+    tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, method)
+    tree["data"]["harmful"] = {"path": str(tiny_data["harmful"])}
+    path.write_text(yaml.safe_dump(tree))
+    two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp",
+                        f"output.dir={tmp_path / 'two'}", "--quiet"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    trained, base = load_file(tmp_path / "two" / "final" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert all(bool(torch.isfinite(t).all()) for t in trained.values())
+    assert any(not torch.equal(trained[k], base[k]) for k in base if k in trained)

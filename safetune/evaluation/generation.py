@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safetune.distributed import is_fsdp_model
 from safetune.modeling import format_prompt
 
 
@@ -97,6 +98,9 @@ def generate_ids(
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
+                # FSDP: every rank must run each forward (it gathers the layers); keep all ranks
+                # stepping until every rank's batch has finished
+                synced_gpus=is_fsdp_model(model),
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
             for index, tokens in zip(indices, new_tokens):

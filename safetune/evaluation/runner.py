@@ -96,12 +96,14 @@ def evaluate_model(
     run_info: dict | None = None,
     progress: bool = False,
     detectors: list[RefusalDetector] | None = None,
+    write: bool = True,
 ) -> dict:
     """Run every suite of `recipe.eval`; write outputs.jsonl and the report into `out_dir`.
 
     `baseline` is the base model's report (or its metrics block), or None. The gate
     result is in report["gate"]["passed"]; this function never raises on a failed gate.
-    Pass an unwrapped model (not DDP); call it on one process only.
+    Pass an unwrapped model (not DDP); call it on one process only - or, for an FSDP-sharded
+    model, on every process with `write=False` on all but one.
     """
     if not recipe.eval.suites:
         raise SafetuneError("eval.suites: the recipe has no evaluation suites (see docs/evaluation.md)")
@@ -133,10 +135,11 @@ def evaluate_model(
     report = build_report(
         results, detectors=[d.describe() for d in detectors], baseline=baseline, gate=recipe.eval.gate, header=header
     )
-    out_dir = Path(out_dir)
-    lines = (json.dumps(record, ensure_ascii=False) + "\n" for result in results for record in result.records())
-    write_atomic(out_dir / OUTPUTS_JSONL, "".join(lines))
-    write_report(report, out_dir)
+    if write:
+        out_dir = Path(out_dir)
+        lines = (json.dumps(record, ensure_ascii=False) + "\n" for result in results for record in result.records())
+        write_atomic(out_dir / OUTPUTS_JSONL, "".join(lines))
+        write_report(report, out_dir)
     return report
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file, save_file
 
+from safetune.distributed import distribute_like, full_tensor, gather_full
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.safety_signal import diagonal_fisher
 
@@ -32,13 +33,15 @@ class EWC(SafetyMethod):
         self.anchor = {name: p.detach().clone() for name, p in params}
         cache = ctx.run_dir / FISHER_FILE
         if cache.is_file():
-            self.fisher = {k: v.to(ctx.device) for k, v in load_file(cache).items()}
+            by_name = dict(params)  # (FSDP: each rank keeps its shards of the cached Fisher)
+            self.fisher = {k: distribute_like(v.to(ctx.device), by_name.get(k)) for k, v in load_file(cache).items()}
             ctx.log(f"ewc: reusing the Fisher cached in {cache}")
         else:
             self.fisher = diagonal_fisher(ctx, self.config.fisher_samples, self.config.fisher_batch_size)
             ctx.broadcast_tensors(list(self.fisher.values()))  # one Fisher for all ranks
+            whole = gather_full(self.fisher)  # FSDP: every rank takes part; plain tensors pass through
             if ctx.run_dir.is_dir() and ctx.is_main:
-                save_file({k: v.contiguous().cpu() for k, v in self.fisher.items()}, str(cache))
+                save_file({k: v.contiguous().cpu() for k, v in whole.items()}, str(cache))
         self.names = [name for name, _ in params if name in self.fisher]
         self.parameters = dict(params)
         # the same order in three lists, for the foreach ops
@@ -65,5 +68,5 @@ class EWC(SafetyMethod):
 
     def summary(self) -> dict:
         with torch.no_grad():
-            return {"strength": self.config.strength, "final_penalty": float(self.penalty()),
+            return {"strength": self.config.strength, "final_penalty": float(full_tensor(self.penalty())),
                     "fisher_samples": self.config.fisher_samples}

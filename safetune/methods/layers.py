@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from safetune.distributed import full_tensor
 from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext
 from safetune.methods.safety_signal import diagonal_fisher
@@ -47,7 +48,7 @@ def fisher_scores(ctx: MethodContext, samples: int, batch_size: int) -> list[flo
     for name, values in fisher.items():
         layer = layer_of(name, prefix)
         if layer is not None:
-            mass[layer] += float(values.sum())
+            mass[layer] += float(full_tensor(values.sum()))  # FSDP: a partial sum per shard
             count[layer] += values.numel()
     return [m / max(c, 1) for m, c in zip(mass, count)]
 

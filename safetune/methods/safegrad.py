@@ -39,7 +39,8 @@ import torch
 
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.layers import decoder_layers, layer_of
-from safetune.methods.safety_signal import borderline_batch, safety_batch, safety_objective
+from safetune.distributed import distribute_like, is_sharded, local_shard, sum_over_shards
+from safetune.methods.safety_signal import borderline_batch, loss_gradients, safety_batch, safety_objective
 
 
 def project_conflicting(
@@ -62,13 +63,19 @@ def project_conflicting(
 
     Returns cos(step, -s) before surgery (negative = conflict), whether anything was
     projected, and the norm removed.
+
+    FSDP shards: each rank computes the per-tensor sums over its shards and one all-reduce
+    adds them up, so every rank finds the same coefficients and edits its own shards.
     """
-    target = vectors if target is None else target
+    sharded = is_sharded(vectors[0])
+    vectors, safety = [local_shard(v) for v in vectors], [local_shard(s) for s in safety]
+    target = vectors if target is None else [local_shard(t) for t in target]
     sign = 1.0 if applied else -1.0  # L_s rises by ≈ sign · (v·s) along the step
     products = torch._foreach_mul(vectors, safety)
-    dots = torch.stack([p.sum() for p in products]).float()
-    safety_sq = torch.stack(torch._foreach_norm(safety)).float() ** 2
-    vector_sq = torch.stack(torch._foreach_norm(vectors)).float() ** 2
+    sums = torch.stack([torch.stack([p.sum() for p in products]).float(),
+                        torch.stack(torch._foreach_norm(safety)).float() ** 2,
+                        torch.stack(torch._foreach_norm(vectors)).float() ** 2])
+    dots, safety_sq, vector_sq = sum_over_shards(sums, sharded)
     cosine = float(-sign * dots.sum() / (vector_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20))
     if mode == "global":
         rise, norm_sq = sign * dots.sum(), safety_sq.sum()
@@ -124,13 +131,13 @@ class SafeGrad(SafetyMethod):
 
     def safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
         loss = safety_objective(ctx, self.config, draw=ctx.step, method=self.name)
-        # autograd.grad leaves the accumulated task gradient in .grad untouched
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        return loss_gradients(loss, params)  # the accumulated task gradient in .grad stays as it is
 
     def refresh_safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> None:
         if self.cached is not None and self.cached[0].device != params[0].device:  # restored on the CPU
             self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
+        if self.cached is not None and is_sharded(params[0]) and not is_sharded(self.cached[0]):
+            self.cached = [distribute_like(c, p) for c, p in zip(self.cached, params)]  # FSDP resume
         if self.cached is None or ctx.step % self.config.safety_every == 0:
             fresh = self.safety_gradient(ctx, params)
             ctx.broadcast_tensors(fresh)  # every rank projects against the same s

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from safetune.data import IGNORE_INDEX, Example
+from safetune.distributed import is_sharded, local_shard, sum_over_shards
 from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext
 
@@ -40,6 +41,35 @@ def safety_objective(ctx: MethodContext, config, draw: int, method: str) -> torc
         benign = ctx.batch_to_device(borderline_batch(ctx, config.safety_batch_size, draw, method))
         loss = loss + config.borderline_weight * safety_loss(ctx, benign, kind)
     return loss
+
+
+def loss_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d params, leaving `.grad` (the task gradient accumulated so far) as it is.
+
+    Under FSDP a parameter is a shard that autograd never sees (each layer computes with
+    its gathered whole weights; FSDP's hooks reduce-scatter their gradients into `.grad`),
+    so there the gradient goes through `.grad`: the task gradient is set aside, the loss
+    backpropagated, its gradient taken and the task gradient put back.
+    """
+    if not any(is_sharded(p) for p in params):
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    task = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    loss.backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+    for p, grad in zip(params, task):
+        p.grad = grad
+    return grads
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """‖all tensors as one vector‖ (over the whole parameters when they are FSDP shards)."""
+    if not tensors:
+        return torch.tensor(0.0)
+    squares = torch.stack(torch._foreach_norm([local_shard(t) for t in tensors])).float().pow(2).sum()
+    return sum_over_shards(squares, is_sharded(tensors[0])).sqrt()
 
 
 def draw_examples(pool: list, size: int, seed: int, draw: int) -> list:
@@ -93,10 +123,9 @@ def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int) -> dict[s
     for index in range(batches):
         batch = ctx.batch_to_device(safety_batch(ctx, batch_size, draw=-(index + 1)))
         loss = refusal_ce(ctx.model, batch)
-        grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+        grads = loss_gradients(loss, [p for _, p in params])
         for (name, _), grad in zip(params, grads):
-            if grad is not None:
-                fisher[name] += grad.detach().float() ** 2 / batches
+            fisher[name] += grad.float() ** 2 / batches
     ctx.model.train(was_training)
     return fisher
 

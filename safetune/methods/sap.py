@@ -37,7 +37,8 @@ from torch import nn
 from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.layers import decoder_layers
-from safetune.methods.safety_signal import draw_examples, harmful_examples, preference_pairs, sequence_logprob
+from safetune.methods.safety_signal import (draw_examples, global_norm, harmful_examples, loss_gradients,
+                                            preference_pairs, sequence_logprob)
 
 # Where the MLP writes back into the residual stream, by architecture:
 # Llama/Qwen2/Mistral/Gemma, GPT-NeoX, GPT-2, OPT/Phi, Mixtral-style w2.
@@ -60,10 +61,6 @@ def mlp_output(block: nn.Module) -> nn.Module | None:
 def default_layers(count: int) -> list[int]:
     """The two middle decoder layers (the one layer of a one-layer model)."""
     return sorted({max(count // 2 - 1, 0), min(count // 2, count - 1)})
-
-
-def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(torch._foreach_norm(tensors)).float().norm() if tensors else torch.tensor(0.0)
 
 
 class SAP(SafetyMethod):
@@ -111,8 +108,7 @@ class SAP(SafetyMethod):
         batch = ctx.batch_to_device([chosen for chosen, _ in picks] + [rejected for _, rejected in picks])
         log_p = sequence_logprob(ctx.model, batch)
         contrastive = -F.logsigmoid(log_p[:size] - log_p[size:]).mean()
-        grads = torch.autograd.grad(contrastive, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        grads = loss_gradients(contrastive, params)
         norm = global_norm(grads)
         return [g / norm for g in grads] if norm > 0 else grads
 
