@@ -102,7 +102,7 @@ def _name_plain_class(config_file: Path, model) -> None:
     """FSDP2 renames a sharded model's class to FSDP<Class>; the saved config must name <Class>."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not isinstance(model, FSDPModule):
+    if not isinstance(model, FSDPModule) or not config_file.is_file():  # (a LoRA adapter folder has no config.json)
         return
     plain = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
     config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -112,7 +112,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_da
 # through FSDP's reduce-scattered gradients. The result must still be the 1-process run's.
 @pytest.mark.parametrize("method", [
     "safegrad",
-    {"name": "ewc", "strength": 100.0, "fisher_samples": 8},
+    pytest.param({"name": "ewc", "strength": 100.0, "fisher_samples": 8}, marks=pytest.mark.slow),
     pytest.param("standard", marks=pytest.mark.slow),
     pytest.param({"name": "safegrad", "space": "update", "projection": "per_layer", "margin": 0.1},
                  marks=pytest.mark.slow),
@@ -136,6 +136,7 @@ def test_fsdp_two_processes_equal_one(tiny_model_dir, tiny_data, tmp_path, metho
     assert resolved["train"]["distributed"]["strategy"] == "fsdp"
 
 
+@pytest.mark.slow
 def test_fsdp_resume_probes_and_final_evaluation(tiny_model_dir, tiny_data, tmp_path):
     """Under FSDP no rank can run the model alone: probes and the final evaluation run on
     both ranks, rank 0 alone writes, and a resumed run (whole tensors in the checkpoint,
@@ -180,3 +181,17 @@ def test_fsdp_runs_the_other_gradient_methods(tiny_model_dir, tiny_data, tmp_pat
     trained, base = load_file(tmp_path / "two" / "final" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
     assert all(bool(torch.isfinite(t).all()) for t in trained.values())
     assert any(not torch.equal(trained[k], base[k]) for k in base if k in trained)
+
+
+@pytest.mark.slow
+def test_fsdp_lora_equals_one_process(tiny_model_dir, tiny_data, tmp_path):
+    tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, "safegrad")
+    tree["model"]["lora"] = {"r": 4}
+    path.write_text(yaml.safe_dump(tree))
+    one = train(validate_tree(tree), show_progress=False)
+    two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp",
+                        f"output.dir={tmp_path / 'two'}", "--quiet"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(one.final_dir / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
