@@ -37,6 +37,15 @@ class Example:
     # A packed example (data.packing): several examples end to end, each one's positions
     # restarting at 0. Empty for a plain example (positions 0..n-1).
     position_ids: list[int] = field(default_factory=list)
+    _trained: int | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens the causal-LM loss averages over (labels shifted by one, masked ones out).
+        Counted once: the loop weighs every micro-batch by it."""
+        if self._trained is None:
+            self._trained = sum(label != IGNORE_INDEX for label in self.labels[1:])
+        return self._trained
 
 
 # --------------------------------------------------------------------------- reading
@@ -314,7 +323,7 @@ def tokenize_set(examples: list[Example], tokenizer, max_seq_len: int, truncatio
             if truncation == "drop":
                 continue
             response_cut += cut == "response"
-        example.input_ids, example.labels = input_ids, labels
+        example.input_ids, example.labels, example._trained = input_ids, labels, None
         kept.append(example)
     if examples and not kept:
         raise SafetuneError(

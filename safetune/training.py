@@ -103,7 +103,7 @@ def lr_multiplier(schedule: str, warmup: int, total: int):
 
 def trained_tokens(example: Example) -> int:
     """Tokens the causal-LM loss averages over (labels shifted by one, masked ones out)."""
-    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+    return example.trained_tokens
 
 
 def mean_loss(model, examples: list[Example], tokenizer, device, batch_size: int = 16) -> float | None:

@@ -54,8 +54,8 @@ def one_step(ctx, method, batch):
     assert method.loss(ctx, batch) is None  # SAP trains its probe and leaves the task loss to the loop
     loss = ctx.model(**batch).loss
     loss.backward()
+    method.after_backward(ctx)
     ctx.optimizer.step()
-    method.after_step(ctx)
     ctx.optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
 
@@ -117,8 +117,8 @@ def test_preference_pairs_share_the_prompt(tiny_model_dir, tiny_data, tmp_path):
 
 
 def test_probe_is_zero_before_and_after_every_step_and_active_during_it(model_dir, tiny_data, tmp_path, monkeypatch):
-    seen = {"before": [], "during": [], "after": []}
-    real_loss, real_after, real_step = SAP.loss, SAP.after_step, torch.optim.AdamW.step
+    seen = {"before": [], "during": [], "after": [], "at_step": []}
+    real_loss, real_after, real_step = SAP.loss, SAP.after_backward, torch.optim.AdamW.step
     state = {}
 
     def norms(method):
@@ -129,21 +129,22 @@ def test_probe_is_zero_before_and_after_every_step_and_active_during_it(model_di
         seen["before"].append(norms(self))
         return real_loss(self, ctx, batch)
 
-    def step(self, *args, **kwargs):
-        seen["during"].append(norms(state["method"]))
+    def step(self, *args, **kwargs):  # the optimizer step comes after the probe's reset
+        seen["at_step"].append(norms(state["method"]))
         return real_step(self, *args, **kwargs)
 
-    def after(self, ctx):
+    def after(self, ctx):  # right after the task backward, which ran with the probe in place
+        seen["during"].append(norms(self))
         logs = real_after(self, ctx)
         seen["after"].append(norms(self))
         return logs
 
     monkeypatch.setattr(SAP, "loss", loss)
-    monkeypatch.setattr(SAP, "after_step", after)
+    monkeypatch.setattr(SAP, "after_backward", after)
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     result = train(validate_tree(recipe_tree(model_dir, tiny_data, tmp_path / "run", {"name": "sap"})),
                    show_progress=False)
-    assert seen["before"] == [0.0] * 4 and seen["after"] == [0.0] * 4
+    assert seen["before"] == [0.0] * 4 and seen["after"] == [0.0] * 4 and seen["at_step"] == [0.0] * 4
     assert all(n > 0 for n in seen["during"]) and len(seen["during"]) == 4
     summary = json.loads((result.run_dir / "summary.json").read_text())["methods"]["sap"]
     assert summary["probes_trained"] == 4 and summary["mean_probe_norm"] > 0

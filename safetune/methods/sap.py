@@ -15,8 +15,9 @@ another method - computes the task loss with the probe active):
 3. `probe_steps` gradient-ascent steps on the probe (Adam, lr `probe_lr`, fresh each
    time) that raise the task loss at the shifted θ.
 4. restore θ from a saved copy, bit for bit.
-5. the task forward/backward runs with the probe active; after optimizer.step the probe
-   is set back to zero (`after_step`).
+5. the task forward/backward runs with the probe active; right after the backward the
+   probe is set back to zero (`after_backward`, which runs on every step, a skipped
+   non-finite one too, so no later probe, evaluation or other method sees it set).
 
 In a distributed run each rank trains its probe on its own micro-batch (the pairs, and so
 the shift, are the same on every rank); the probes are not averaged across ranks.
@@ -165,7 +166,7 @@ class SAP(SafetyMethod):
                     probe.copy_(value.to(probe.device))
         return None  # the task loss is computed by the loop (or another method) with the probe active
 
-    def after_step(self, ctx: MethodContext) -> dict[str, float]:
+    def after_backward(self, ctx: MethodContext) -> dict[str, float]:
         with torch.no_grad():
             for probe in self.probes:
                 probe.zero_()
