@@ -70,11 +70,15 @@ class SafetyMonitor:
         self.snapshot = clone_state(state)
 
     def state_dict(self) -> dict:
-        return {"reference": self.reference, "rollbacks": self.rollbacks}
+        return {"reference": self.reference, "rollbacks": self.rollbacks, "prompts": len(self.prompts)}
 
     def load_state_dict(self, state: dict) -> None:
         self.reference = state.get("reference")
         self.rollbacks = state.get("rollbacks", 0)
+        if state.get("prompts", len(self.prompts)) != len(self.prompts):
+            # a resume with another monitor.samples probes other prompts: the saved reference
+            # rate is not comparable, so the first probe after the resume becomes the reference
+            self.reference = None
 
 
 def clone_state(obj):

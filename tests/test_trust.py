@@ -200,3 +200,21 @@ def test_resume_with_every_checkpoint_damaged_deletes_nothing(tiny_model_dir, ti
     with pytest.raises(UsageError, match="no checkpoint under .* verifies; use output.overwrite=true"):
         train(validate_tree(tree), resume=True, show_progress=False)
     assert len(list((tmp_path / "run" / "checkpoints").glob("step-*"))) == 2, "kept for inspection"
+
+
+def test_resume_with_other_monitor_samples_takes_a_new_probe_reference(tiny_model_dir, tiny_data, tmp_path,
+                                                                         monkeypatch):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
+    tree["eval"] = {"max_new_tokens": 2, "batch_size": 8,
+                    "suites": [{"kind": "harmful", "path": str(tiny_data["safety"])}]}
+    tree["monitor"] = {"every": 2, "samples": 4, "on_breach": "warn"}
+    interrupt_at_call(monkeypatch, 5)
+    with pytest.raises(Interrupted):
+        train(validate_tree(tree), show_progress=False)
+    monkeypatch.undo()
+    tree["monitor"]["samples"] = 6  # other prompts: the saved start rate no longer compares
+    train(validate_tree(tree), resume=True, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    probes = [row for row in rows if "probe/harmful_refusal_rate" in row]
+    assert [row["step"] for row in probes] == [0, 2, 4, 4, 6], "a fresh reference probe at the resumed step"
+    assert probes[3]["probe/reference"] == probes[3]["probe/harmful_refusal_rate"]
