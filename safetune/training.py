@@ -267,7 +267,8 @@ class Trainer:
         self.model = self.dist.shard_model(self.model, self.device)
         self.ctx = MethodContext(
             model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
-            safety=self.data.safety, borderline=self.data.borderline, seed=recipe.train.seed,
+            safety=self.data.safety, borderline=self.data.borderline, train_examples=self.data.train,
+            seed=recipe.train.seed,
             reference_model=reference, log=self.say,
             is_main=self.dist.is_main, broadcast_tensors=self.dist.broadcast_tensors,
         )

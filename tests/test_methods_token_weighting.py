@@ -49,7 +49,8 @@ def setup_method(model_dir, tiny_data, tmp_path, harmful_ratio=0.0, borderline=N
     reference = load_model(recipe.model).eval().requires_grad_(False) if method.needs_reference_model else None
     data = build_training_data(recipe.data, tokenizer, seed=0)
     ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=torch.device("cpu"), run_dir=tmp_path,
-                        safety=data.safety, borderline=data.borderline, seed=0, reference_model=reference,
+                        safety=data.safety, borderline=data.borderline, train_examples=data.train, seed=0,
+                        reference_model=reference,
                         log=lambda *_: None)
     method.setup(ctx)
     return ctx, method, data

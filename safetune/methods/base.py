@@ -34,6 +34,7 @@ class MethodContext:
     safety: list[Example]
     seed: int
     borderline: list[Example] = field(default_factory=list)  # benign look-alikes with normal answers
+    train_examples: list[Example] = field(default_factory=list)  # the task data the batches come from
     step: int = 0  # the optimizer step being computed (0-based)
     reference_model: nn.Module | None = None  # frozen aligned copy (needs_reference_model)
     optimizer: torch.optim.Optimizer | None = None  # set by the loop once it exists (before step 0)

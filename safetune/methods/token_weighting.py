@@ -134,8 +134,6 @@ class TokenWeighting(SafetyMethod):
 
     # ------------------------------------------------------------------ classifier scores, once
     def cached_classifier_scores(self, ctx: MethodContext) -> dict[tuple[int, ...], list[float]]:
-        from safetune.data import build_training_data
-
         source = self.config.classifier
         if source == "lab":
             from safetune.lab.classifier import lab_classifier_dir
@@ -144,8 +142,7 @@ class TokenWeighting(SafetyMethod):
             if not (Path(source) / "config.json").is_file():
                 raise SafetuneError(f"method[token_weighting].classifier: the lab classifier is not built yet "
                                     f"({source}); run `safetune lab classifier`")
-        # the same examples, in the same order, as the loop's training data
-        examples = build_training_data(ctx.recipe.data, ctx.tokenizer, ctx.recipe.train.seed).train
+        examples = ctx.train_examples  # the loop's training data (after the audit), in its order
         digest = hashlib.sha256(json.dumps([e.input_ids for e in examples]).encode())
         digest.update(json.dumps([classifier_fingerprint(source), self.config.unsafe_label,
                                   self.config.segment_tokens]).encode())
