@@ -66,6 +66,9 @@ def default_layers(count: int) -> list[int]:
 
 class SAP(SafetyMethod):
     name = "sap"
+    # after freeze/EWC set-up, before SafeGrad: its after_backward resets the probe before
+    # SafeGrad's safety forward pass, which must see the model without it
+    setup_order = 0.75
 
     def __init__(self, config):
         super().__init__(config)
