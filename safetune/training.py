@@ -533,7 +533,9 @@ class Trainer:
                         record = {"step": step, "loss": float(out.pop("loss")), "grad_norm": float(out.pop("grad_norm")),
                                   "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                                   "elapsed_s": self.elapsed(), "skipped_steps": self.state.skipped_steps}
-                        record |= {k: v for k, v in out.items() if k not in ("tokens", "diverged")}
+                        # methods' statistics may be tensors (no host sync until now)
+                        record |= {k: float(v) if isinstance(v, torch.Tensor) else v
+                                   for k, v in out.items() if k not in ("tokens", "diverged")}
                         self.metrics.write(record)
                         bar.update(step, record)
                         window_start, window_tokens = now, 0

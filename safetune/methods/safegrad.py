@@ -76,30 +76,33 @@ def project_conflicting(
                         torch.stack(torch._foreach_norm(safety)).float() ** 2,
                         torch.stack(torch._foreach_norm(vectors)).float() ** 2])
     dots, safety_sq, vector_sq = sum_over_shards(sums, sharded)
-    cosine = float(-sign * dots.sum() / (vector_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20))
+    # No host sync below (no float(), no branch on a value): the statistics stay tensors
+    # until the loop logs them, and "no conflict" is a coefficient of 0.
+    cosine = -sign * dots.sum() / (vector_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20)
     if mode == "global":
         rise, norm_sq = sign * dots.sum(), safety_sq.sum()
         allowed = -margin * (vector_sq.sum() * norm_sq).sqrt()  # the rise we tolerate (<= 0)
-        if not rise > allowed or norm_sq == 0:
-            return {"cosine": cosine, "projected": 0.0, "removed_norm": 0.0}
-        coefficient = sign * (rise - allowed) / norm_sq
-        torch._foreach_add_(target, safety, alpha=-float(coefficient))
-        return {"cosine": cosine, "projected": 1.0, "removed_norm": float(coefficient.abs() * norm_sq.sqrt())}
+        conflict = (rise > allowed) & (norm_sq > 0)
+        coefficient = torch.where(conflict, sign * (rise - allowed) / norm_sq.clamp(min=1e-30), 0.0)
+        torch._foreach_addcmul_(target, safety, [coefficient] * len(safety), value=-1)
+        return {"cosine": cosine, "projected": conflict.float(), "removed_norm": coefficient.abs() * norm_sq.sqrt()}
     # grouped: each group of tensors gets its own coefficient from its own dot products
-    index = torch.arange(len(vectors)) if groups is None else torch.tensor(groups)
-    count = int(index.max()) + 1
-    group_dots = torch.zeros(count).index_add_(0, index, dots)
-    group_safety_sq = torch.zeros(count).index_add_(0, index, safety_sq)
-    group_vector_sq = torch.zeros(count).index_add_(0, index, vector_sq)
+    device = dots.device
+    index = torch.arange(len(vectors), device=device) if groups is None else torch.tensor(groups, device=device)
+    count = len(vectors) if groups is None else max(groups) + 1
+    group_dots = torch.zeros(count, device=device).index_add_(0, index, dots)
+    group_safety_sq = torch.zeros(count, device=device).index_add_(0, index, safety_sq)
+    group_vector_sq = torch.zeros(count, device=device).index_add_(0, index, vector_sq)
     rise = sign * group_dots
     allowed = -margin * (group_vector_sq * group_safety_sq).sqrt()
-    conflict = (rise > allowed) & (group_safety_sq > 0)
+    present = group_safety_sq > 0
+    conflict = (rise > allowed) & present
     coefficients = torch.where(conflict, sign * (rise - allowed) / group_safety_sq.clamp(min=1e-30),
                                torch.zeros_like(rise))
-    torch._foreach_add_(target, torch._foreach_mul(safety, [-c for c in coefficients[index].tolist()]))
+    torch._foreach_sub_(target, torch._foreach_mul(safety, list(coefficients[index].unbind())))
     removed = (coefficients**2 * group_safety_sq).sum().sqrt()
-    return {"cosine": cosine, "projected": float(conflict.any()), "removed_norm": float(removed),
-            "conflicting_groups": float(conflict[group_safety_sq > 0].float().mean())}
+    return {"cosine": cosine, "projected": conflict.any().float(), "removed_norm": removed,
+            "conflicting_groups": conflict.sum() / present.sum().clamp(min=1)}
 
 
 def layer_groups(model: torch.nn.Module, names: list[str]) -> list[int]:
@@ -153,7 +156,7 @@ class SafeGrad(SafetyMethod):
         stats = project_conflicting(vectors, self.cached, self.config.projection, applied=applied,
                                     margin=self.config.margin, groups=self.groups, target=target)
         self.steps += 1
-        self.projections += int(stats["projected"])
+        self.projections = self.projections + stats["projected"]  # a tensor: summed without a host sync
         return {f"safegrad/{key}": value for key, value in stats.items()}
 
     def after_backward(self, ctx: MethodContext) -> dict[str, float]:
@@ -183,7 +186,7 @@ class SafeGrad(SafetyMethod):
         return stats
 
     def summary(self) -> dict:
-        return {"conflict_rate": self.projections / max(self.steps, 1), "steps": self.steps,
+        return {"conflict_rate": float(self.projections) / max(self.steps, 1), "steps": self.steps,
                 "safety_gradients_computed": self.recomputed, "space": self.config.space,
                 "projection": self.config.projection, "margin": self.config.margin,
                 "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
@@ -192,7 +195,7 @@ class SafeGrad(SafetyMethod):
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.
         return {"cached": self.cached, "cached_at": self.cached_at, "steps": self.steps,
-                "projections": self.projections, "recomputed": self.recomputed}
+                "projections": int(self.projections), "recomputed": self.recomputed}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

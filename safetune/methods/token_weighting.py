@@ -193,7 +193,7 @@ class TokenWeighting(SafetyMethod):
         log_p, mask = token_logprobs(logits, batch["labels"])
         weights = self.weights(ctx, batch, log_p, mask)
         task = -(weights * log_p).sum() / weights.sum().clamp(min=1e-12)
-        self.record(weights[mask])
+        self.record(weights, mask)
         if not self.use_safety:
             return task
         step, micro = self.micro
@@ -206,27 +206,36 @@ class TokenWeighting(SafetyMethod):
                                                                 self.config.npo_beta)
         return task + self.config.alpha * safety
 
-    def record(self, weights: torch.Tensor) -> None:
-        self.last = {"mean_weight": float(weights.mean()) if weights.numel() else 1.0,
-                     "down_weighted": float((weights < DOWN_WEIGHTED).float().mean()) if weights.numel() else 0.0}
-        self.totals["tokens"] += weights.numel()
-        self.totals["weight_sum"] += float(weights.sum())
-        self.totals["down_weighted"] += int((weights < DOWN_WEIGHTED).sum())
+    def record(self, weights: torch.Tensor, mask: torch.Tensor) -> None:
+        """The weight statistics of the trained tokens, kept as tensors (no host sync per step)."""
+        trained = mask.sum()
+        total = (weights * mask).sum()
+        down = ((weights < DOWN_WEIGHTED) & mask).sum()
+        self.last = {"mean_weight": torch.where(trained > 0, total / trained.clamp(min=1), 1.0),
+                     "down_weighted": down / trained.clamp(min=1)}
+        self.totals["tokens"] = self.totals["tokens"] + trained
+        self.totals["weight_sum"] = self.totals["weight_sum"] + total
+        self.totals["down_weighted"] = self.totals["down_weighted"] + down
 
     def after_backward(self, ctx: MethodContext) -> dict[str, float]:
         return {f"token_weighting/{key}": value for key, value in getattr(self, "last", {}).items()}
 
     # ------------------------------------------------------------------ report, checkpoint
     def summary(self) -> dict:
-        tokens = max(self.totals["tokens"], 1)
+        totals = self.plain_totals()
+        tokens = max(totals["tokens"], 1)
         return {"scorer": self.config.scorer, "alpha": self.config.alpha, "npo_weight": self.config.npo_weight,
-                "min_weight": self.config.min_weight, "task_tokens": self.totals["tokens"],
-                "mean_weight": self.totals["weight_sum"] / tokens,
-                "share_down_weighted": self.totals["down_weighted"] / tokens,
-                "unscored_examples": self.totals["unscored"]}
+                "min_weight": self.config.min_weight, "task_tokens": totals["tokens"],
+                "mean_weight": totals["weight_sum"] / tokens,
+                "share_down_weighted": totals["down_weighted"] / tokens,
+                "unscored_examples": totals["unscored"]}
+
+    def plain_totals(self) -> dict:
+        return {"tokens": int(self.totals["tokens"]), "weight_sum": float(self.totals["weight_sum"]),
+                "down_weighted": int(self.totals["down_weighted"]), "unscored": self.totals["unscored"]}
 
     def state_dict(self) -> dict:
-        return {"totals": dict(self.totals)}
+        return {"totals": self.plain_totals()}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
