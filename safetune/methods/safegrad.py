@@ -31,6 +31,8 @@ Options (both spaces):
 
 Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
 keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
+The dot products and the projection work one tensor at a time (no further gradient-size
+copy) and without a host sync: nothing waits for the GPU until the loop logs.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def project_conflicting(
     vectors, safety = [local_shard(v) for v in vectors], [local_shard(s) for s in safety]
     target = vectors if target is None else [local_shard(t) for t in target]
     sign = 1.0 if applied else -1.0  # L_s rises by ≈ sign · (v·s) along the step
-    products = torch._foreach_mul(vectors, safety)
-    sums = torch.stack([torch.stack([p.sum() for p in products]).float(),
+    # one tensor's product at a time: never a second copy of the whole gradient
+    sums = torch.stack([torch.stack([(v * s).sum() for v, s in zip(vectors, safety)]).float(),
                         torch.stack(torch._foreach_norm(safety)).float() ** 2,
                         torch.stack(torch._foreach_norm(vectors)).float() ** 2])
     dots, safety_sq, vector_sq = sum_over_shards(sums, sharded)
@@ -99,7 +101,8 @@ def project_conflicting(
     conflict = (rise > allowed) & present
     coefficients = torch.where(conflict, sign * (rise - allowed) / group_safety_sq.clamp(min=1e-30),
                                torch.zeros_like(rise))
-    torch._foreach_sub_(target, torch._foreach_mul(safety, list(coefficients[index].unbind())))
+    for tensor, direction, coefficient in zip(target, safety, coefficients[index].unbind()):
+        tensor.sub_(direction * coefficient)
     removed = (coefficients**2 * group_safety_sq).sum().sqrt()
     return {"cosine": cosine, "projected": conflict.any().float(), "removed_norm": removed,
             "conflicting_groups": conflict.sum() / present.sum().clamp(min=1)}
