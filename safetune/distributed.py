@@ -37,7 +37,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, distribute_tensor
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch build without torch.distributed: nothing is ever sharded
+
+    class DTensor:  # type: ignore[no-redef]
+        pass
+
+    distribute_tensor = None
 
 # The baseline evaluation runs on rank 0 while the others wait: allow it time.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
