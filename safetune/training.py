@@ -388,13 +388,13 @@ class Trainer:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        if self.recipe.model.lora:
-            raise UsageError("--resume: a LoRA run under train.distributed.strategy fsdp cannot be resumed yet "
-                             "(its adapter checkpoint is not re-sharded); LoRA adapters fit every device: use ddp")
         weights = load_file(Path(folder) / "model.safetensors", device=str(self.device))
         set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def load_checkpoint(self, folder: Path) -> None:
+        if self.dist.sharded and self.recipe.model.lora:
+            raise UsageError("--resume: a LoRA run under train.distributed.strategy fsdp cannot be resumed yet "
+                             "(its adapter checkpoint is not re-sharded); LoRA adapters fit every device: use ddp")
         try:
             self.load_weights(folder)
             state = ckpt.load_training_state(folder)
