@@ -223,7 +223,7 @@ def test_ewc_penalty_and_gradient(tiny_model_dir, tiny_data, tmp_path):
     ctx = context(tiny_model_dir, tiny_data, tmp_path)
     method = EWC(EWCMethod(name="ewc", strength=3.0, fisher_samples=16))
     method.setup(ctx)
-    assert float(method.penalty()) == 0.0  # at the aligned weights
+    assert float(method.penalty().detach()) == 0.0  # at the aligned weights
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in ctx.model.parameters():
