@@ -169,7 +169,9 @@ def markdown(summary: list[dict], baselines: dict, meta: dict) -> str:
              f"{meta['jobs']} one-thread runs side by side. Mean ± std over seeds {meta['seeds']}; "
              "`min` is the worst seed's refusal; retained = refusal / baseline; worst cat. = the lowest "
              "harmful category's refusal; step time and memory relative to `standard` of the same task "
-             "and setting in this bench; gate = seeds passing the default gate.", ""]
+             "and setting in this bench; gate = seeds passing the default gate."
+             + (" With runs side by side the step-time ratios are only indicative (they share the machine); "
+                "for costs run one at a time (`--jobs 1`)." if meta["jobs"] > 1 else ""), ""]
     for task in meta["tasks"]:
         base = baselines[task]["metrics"]
         lines += [f"## {task}", "",
