@@ -86,3 +86,17 @@ def interrupt_at_call(monkeypatch, at: int):
             raise KeyboardInterrupt
 
     patch_compute_loss(monkeypatch, maybe_interrupt)
+
+
+def train_until_interrupted(monkeypatch, recipe, at: int, match: str = "interrupted at step"):
+    """Train `recipe` with Ctrl-C at the `at`-th loss computation; check the resume message,
+    then remove the interruption so the test can resume."""
+    import pytest
+
+    from safetune.errors import Interrupted
+    from safetune.training import train
+
+    interrupt_at_call(monkeypatch, at)
+    with pytest.raises(Interrupted, match=match):
+        train(recipe, show_progress=False)
+    monkeypatch.undo()

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from safetune.data import build_training_data, load_examples, tokenize_all
-from safetune.errors import RecipeError, SafetuneError
+from safetune.errors import RecipeError
 from safetune.methods.mix import Mix
 from safetune.modeling import load_tokenizer
 from safetune.recipe import MixMethod, ModelConfig, SourceConfig, validate_tree
 from safetune.training import train
-from tests.helpers import interrupt_at_call, write_jsonl
+from tests.helpers import train_until_interrupted, write_jsonl
 
 
 @pytest.fixture()
@@ -105,11 +105,8 @@ def test_resumed_run_draws_the_same_examples(tiny_model_dir, tiny_data, tmp_path
     method = {"name": "mix", "safety_fraction": 0.2, "borderline_fraction": 0.2}
     whole = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "whole", method, borderline_file)),
                   show_progress=False)
-    interrupt_at_call(monkeypatch, 3)
     recipe = validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "split", method, borderline_file))
-    with pytest.raises(SafetuneError, match="interrupted at step 2/6"):
-        train(recipe, show_progress=False)
-    monkeypatch.undo()
+    train_until_interrupted(monkeypatch, recipe, 3, match="interrupted at step 2/6")
     resumed = train(recipe, resume=True, show_progress=False)
     a, b = load_file(whole.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from safetune import checkpoint as ckpt
-from safetune.errors import SafetuneError, UsageError
+from safetune.errors import UsageError
 from safetune.recipe import validate_tree
 from safetune.training import train
-from tests.helpers import interrupt_at_call
+from tests.helpers import train_until_interrupted
 
 
 def make_recipe(tiny_model_dir, tiny_data, out, **train_overrides):
@@ -115,13 +115,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, tiny_data
     tree["method"] = "mix"
     whole = train(validate_tree(tree), show_progress=False)
 
-    interrupt_at_call(monkeypatch, 3)
     tree["output"]["dir"] = str(tmp_path / "split")
     recipe = validate_tree(tree)
-    with pytest.raises(SafetuneError, match="interrupted at step 2/6; checkpoint saved"):
-        train(recipe, show_progress=False)
+    train_until_interrupted(monkeypatch, recipe, 3, match="interrupted at step 2/6; checkpoint saved")
     assert ckpt.latest_checkpoint(tmp_path / "split").name == "step-2"
-    monkeypatch.undo()
     resumed = train(recipe, resume=True, show_progress=False)
     assert resumed.steps == 6
     a, b = weights(whole.final_dir), weights(resumed.final_dir)

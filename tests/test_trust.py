@@ -18,7 +18,7 @@ from safetune.cli import app
 from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.recipe import validate_tree
 from safetune.training import train
-from tests.helpers import interrupt_at_call, patch_compute_loss
+from tests.helpers import patch_compute_loss, train_until_interrupted
 from tests.test_training import make_recipe
 
 runner = CliRunner()
@@ -98,10 +98,7 @@ def test_train_exits_3_when_the_gate_fails_and_keeps_the_checkpoint(tiny_model_d
 
 def test_resume_skips_a_damaged_checkpoint(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    interrupt_at_call(monkeypatch, 5)
-    with pytest.raises(Interrupted, match="Resume with: safetune train"):
-        train(validate_tree(tree), show_progress=False)
-    monkeypatch.undo()
+    train_until_interrupted(monkeypatch, validate_tree(tree), 5, match="Resume with: safetune train")
     run = tmp_path / "run"
     assert ckpt.latest_checkpoint(run).name == "step-4"
     weights = run / "checkpoints" / "step-4" / "model.safetensors"
@@ -141,10 +138,7 @@ def test_resume_after_a_crash_before_the_first_checkpoint_starts_over(tiny_model
 
 def test_resume_refuses_a_new_length_under_a_decaying_schedule(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    interrupt_at_call(monkeypatch, 3)
-    with pytest.raises(Interrupted):
-        train(validate_tree(tree), show_progress=False)
-    monkeypatch.undo()
+    train_until_interrupted(monkeypatch, validate_tree(tree), 3)
     tree["train"]["max_steps"] = 10
     with pytest.raises(UsageError, match="train.max_steps 6 -> 10 would rebuild the cosine LR schedule"):
         train(validate_tree(tree), resume=True, show_progress=False)
@@ -191,10 +185,7 @@ def test_resume_is_exact_on_gpt_neox(tiny_data, tmp_path):
 
 def test_resume_with_every_checkpoint_damaged_deletes_nothing(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=2)
-    interrupt_at_call(monkeypatch, 5)
-    with pytest.raises(Interrupted):
-        train(validate_tree(tree), show_progress=False)
-    monkeypatch.undo()
+    train_until_interrupted(monkeypatch, validate_tree(tree), 5)
     for weights in (tmp_path / "run" / "checkpoints").glob("step-*/model.safetensors"):
         weights.write_bytes(b"damaged")
     with pytest.raises(UsageError, match="no checkpoint under .* verifies; use output.overwrite=true"):
@@ -208,10 +199,7 @@ def test_resume_with_other_monitor_samples_takes_a_new_probe_reference(tiny_mode
     tree["eval"] = {"max_new_tokens": 2, "batch_size": 8,
                     "suites": [{"kind": "harmful", "path": str(tiny_data["safety"])}]}
     tree["monitor"] = {"every": 2, "samples": 4, "on_breach": "warn"}
-    interrupt_at_call(monkeypatch, 5)
-    with pytest.raises(Interrupted):
-        train(validate_tree(tree), show_progress=False)
-    monkeypatch.undo()
+    train_until_interrupted(monkeypatch, validate_tree(tree), 5)
     tree["monitor"]["samples"] = 6  # other prompts: the saved start rate no longer compares
     train(validate_tree(tree), resume=True, show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
