@@ -108,6 +108,10 @@ class DataConfig(Section):
         False, description="pack several short examples into one sequence of up to max_seq_len tokens "
         "(attention stays within each example; train.batch_size then counts packed sequences)",
     )
+    split_by_length: bool = Field(
+        True, description="run a batch of short and long examples (task rows + mix's replay) as two passes, "
+        "each padded to its own longest: the same gradient with less padding",
+    )
     audit: AuditConfig | None = Field(None, description="score the training rows before training (audit.py)")
 
     @model_validator(mode="after")

@@ -14,8 +14,6 @@ checkpoints, resumes and rollbacks all go through (`capture_state` / `restore_st
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import json
 import math
 import random
@@ -32,12 +30,13 @@ import torch
 
 from safetune import checkpoint as ckpt
 from safetune.audit import audit_training_data
-from safetune.data import (IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, pack_examples,
-                           prepare_packing)
+from safetune.data import (IGNORE_INDEX, BatchSchedule, Example, build_training_data, collate, length_groups,
+                           pack_examples, prepare_packing)
 from safetune.distributed import Distributed, full_tensor, gather_full
 from safetune.envinfo import collect_env
 from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.files import write_atomic
+from safetune.loss import next_token_loss
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.metrics import MetricsLog, trim_after
 from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, model_source, pick_device
@@ -149,42 +148,6 @@ def compute_loss(methods: list[SafetyMethod], ctx: MethodContext, model, batch) 
         if extra is not None:
             loss = loss + extra
     return loss
-
-
-def next_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`model(**batch).loss` (mean cross-entropy of the trained tokens), with logits only where it reads them.
-
-    In chat data most positions are prompt: their logits never reach the loss, yet
-    projecting them onto the vocabulary (and the softmax, forward and backward) is a
-    large share of a small model's step (the head is 18% of the lab model's matmul
-    work; 7% of the lab task's tokens are trained). Transformers' causal
-    LMs take `logits_to_keep`: here the sequence columns where some row predicts a
-    trained token. Same value and gradients as the full computation; a model whose
-    forward lacks the argument takes the plain path. No KV cache either: training
-    never reads it, and building one copies every layer's keys and values.
-    """
-    if not _takes_logits_to_keep(model):
-        return model(**batch).loss
-    targets = batch["labels"][:, 1:]  # position i predicts token i + 1
-    columns = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs, logits_to_keep=columns, use_cache=False).logits
-    kept = targets[:, columns]
-    total = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum")
-    # a shard with no trained token (possible across ranks) adds 0, not 0/0
-    return total / (kept != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def _takes_logits_to_keep(model) -> bool:
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return _forward_takes(type(inner), "logits_to_keep")
-
-
-@functools.cache
-def _forward_takes(cls: type, argument: str) -> bool:
-    return argument in inspect.signature(cls.forward).parameters
 
 
 class StopRequested(Exception):
@@ -443,13 +406,20 @@ class Trainer:
         step_tokens = max(1, sum(trained_tokens(e) for examples in micro_batches for e in examples))
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
-        for micro, examples in enumerate(micro_batches):
+        # Each rank's share of a micro-batch, split in two by length when that saves much padding
+        # (mix's long replay rows beside short task rows). Not under FSDP: every pass there is a
+        # collective, so every rank must make the same number of passes.
+        split = recipe.data.split_by_length and not dist.sharded
+        passes = []
+        for examples in micro_batches:
             mine = dist.shard(examples)
+            passes += length_groups(mine) if split else [mine]
+        for index, mine in enumerate(passes):
             batch = ctx.batch_to_device(mine)
             # DDP averages gradients over ranks: x world_size makes that average a token-weighted sum
             weight = sum(trained_tokens(e) for e in mine) / step_tokens * dist.world_size
-            last = micro == accum - 1
-            # DDP: all-reduce on the last micro-batch only. FSDP reduce-scatters every micro-batch:
+            last = index == len(passes) - 1
+            # DDP: all-reduce on the last pass only. FSDP reduce-scatters every micro-batch:
             # skipping it would keep every layer's whole gradient in memory, which FSDP exists to avoid.
             skip_sync = not last and dist.enabled and not dist.sharded
             with (self.train_model.no_sync() if skip_sync else nullcontext()), self._autocast():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from safetune.data import IGNORE_INDEX, Example, build_training_data, collate, pack_examples, prepare_packing
+from safetune.data import (IGNORE_INDEX, Example, build_training_data, collate, length_groups, pack_examples,
+                           prepare_packing)
 from safetune.errors import RecipeError, SafetuneError
 from safetune.modeling import load_tokenizer
 from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
@@ -129,3 +130,25 @@ def test_loss_with_kept_logits_equals_full_loss(model_dir, tiny_data):
         torch.testing.assert_close(kept, full, atol=1e-6, rtol=0)
         for a, b in zip(kept_grads, full_grads):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_batch_split_by_length_gives_the_same_gradient(model_dir, tiny_data):
+    """Short task rows and long replay rows run as two passes (less padding), each weighted by
+    its trained tokens: the same loss and gradient as one padded pass. Similar lengths stay one pass."""
+    data, tokenizer = examples_of(model_dir, tiny_data)
+    short = sorted(data.train, key=lambda e: len(e.input_ids))[:6]
+    long = sorted(data.safety, key=lambda e: len(e.input_ids))[-2:]
+    assert len(long[0].input_ids) > 1.6 * len(short[-1].input_ids), "fixture: two length distributions"
+    assert length_groups(short) == [short]
+    groups = length_groups(short + long)
+    assert [len(g) for g in groups] == [6, 2] and sorted(groups[1], key=id) == sorted(long, key=id)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    params = list(model.parameters())
+    whole = next_token_loss(model, collate(short + long, tokenizer.pad_token_id))
+    total = sum(map(trained_tokens, short + long))
+    split = sum(next_token_loss(model, collate(g, tokenizer.pad_token_id)) * sum(map(trained_tokens, g)) / total
+                for g in groups)
+    torch.testing.assert_close(split, whole, atol=1e-6, rtol=0)
+    for a, b in zip(torch.autograd.grad(split, params), torch.autograd.grad(whole, params)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -141,7 +141,8 @@ def _build(out: Path | None, seed: int, steps: int | None, scale: float, show_pr
     recipe = validate_tree({
         "name": "lab-build",
         "model": {"path": str(work / "init")},
-        "data": {"train": {"path": str(work / "aligned_train.jsonl")}, "max_seq_len": 160},
+        # one padded pass per batch: the lab model's published fingerprint and figures were trained so
+        "data": {"train": {"path": str(work / "aligned_train.jsonl")}, "max_seq_len": 160, "split_by_length": False},
         "method": "standard",
         "train": {**TRAIN_SETTINGS, "seed": seed} | ({"max_steps": steps} if steps else {}),
         "eval": {"suites": lab_suites(), "at_end": False},

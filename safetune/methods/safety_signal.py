@@ -80,8 +80,12 @@ def draw_examples(pool: list, size: int, seed: int, draw: int) -> list:
 
 
 def refusal_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy on the safe responses (the prompt is masked by the data pipeline)."""
-    return model(**batch).loss
+    """Cross-entropy on the safe responses (the prompt is masked by the data pipeline).
+
+    All logits, as `model(**batch).loss` computes them: the published SafeGrad/EWC figures
+    were measured so (next_token_loss is faster but rounds differently). No KV cache: a
+    training pass never reads it."""
+    return model(**batch, use_cache=False).loss
 
 
 def kl_to_reference(model, reference, batch: dict[str, torch.Tensor]) -> torch.Tensor:
