@@ -219,19 +219,44 @@ def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_s
 
 
 def encode_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """Token ids and labels of a whole chat: assistant turns are trained on, everything else is -100.
+    """Token ids and labels of a whole chat: assistant turns are trained on, everything else is -100."""
+    return encode_chats([messages], tokenizer)[0]
 
-    Each segment is rendered with the chat template as a prefix difference and tokenised
-    on its own, so the mask boundary falls exactly between prompt and response tokens.
+
+def encode_chats(chats: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
+    """`encode_chat` for many chats, with one batched tokenizer call for all their segments
+    (called once per segment, the tokenizer's own overhead was most of a run's set-up)."""
+    segments = [chat_segments(messages, tokenizer) for messages in chats]
+    texts = [text for chat in segments for text, _ in chat]
+    pieces = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    encoded = []
+    for chat in segments:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for _, train in chat:
+            ids = next(pieces)
+            input_ids.extend(ids)
+            labels.extend(ids if train else [IGNORE_INDEX] * len(ids))
+        if tokenizer.eos_token_id not in input_ids[-2:]:  # templates without EOS still teach the model to stop
+            input_ids.append(tokenizer.eos_token_id)
+            labels.append(tokenizer.eos_token_id)
+        encoded.append((input_ids, labels))
+    return encoded
+
+
+def chat_segments(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
+    """A chat as (text, trained?) segments, tokenised each on its own.
+
+    Each segment is rendered with the chat template as a prefix difference, so the mask
+    boundary falls exactly between prompt and response tokens.
     """
-    input_ids: list[int] = []
-    labels: list[int] = []
+    segments: list[tuple[str, bool]] = []
     rendered = ""
     for turn in range(len(messages)):
         is_assistant = messages[turn]["role"] == "assistant"
         if is_assistant:  # the generation prompt ("<|assistant|>\n") belongs to the prompt side
             before = _render(tokenizer, messages[:turn], generation_prompt=True)
-            _append(tokenizer, before[len(rendered):], input_ids, labels, train=False)
+            segments.append((before[len(rendered):], False))
             rendered = before
         after = _render(tokenizer, messages[: turn + 1], generation_prompt=False)
         if not after.startswith(rendered):
@@ -240,15 +265,11 @@ def encode_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBa
         if is_assistant and tokenizer.eos_token in segment:
             # train up to and including EOS; what the template adds after it (a newline) is not an answer
             answer, eos, rest = segment.partition(tokenizer.eos_token)
-            _append(tokenizer, answer + eos, input_ids, labels, train=True)
-            _append(tokenizer, rest, input_ids, labels, train=False)
+            segments += [(answer + eos, True), (rest, False)]
         else:
-            _append(tokenizer, segment, input_ids, labels, train=is_assistant)
+            segments.append((segment, is_assistant))
         rendered = after
-    if tokenizer.eos_token_id not in input_ids[-2:]:  # templates without EOS still teach the model to stop
-        input_ids.append(tokenizer.eos_token_id)
-        labels.append(tokenizer.eos_token_id)
-    return input_ids, labels
+    return segments
 
 
 def truncate_prompt(
@@ -286,12 +307,6 @@ def _render(tokenizer, messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _append(tokenizer, text: str, input_ids: list[int], labels: list[int], train: bool) -> None:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    input_ids.extend(ids)
-    labels.extend(ids if train else [IGNORE_INDEX] * len(ids))
-
-
 def tokenize_all(examples: list[Example], tokenizer, max_seq_len: int) -> list[Example]:
     """Tokenise for callers that need no length report (too-long examples: truncate_prompt)."""
     return tokenize_set(examples, tokenizer, max_seq_len, "truncate_prompt", "data").examples
@@ -309,8 +324,7 @@ def tokenize_set(examples: list[Example], tokenizer, max_seq_len: int, truncatio
     """Tokenise one data source; examples longer than max_seq_len follow `data.truncation`."""
     kept: list[Example] = []
     too_long = response_cut = 0
-    for example in examples:
-        full_ids, full_labels = encode_chat(example.messages, tokenizer)
+    for example, (full_ids, full_labels) in zip(examples, encode_chats([e.messages for e in examples], tokenizer)):
         input_ids, labels, cut = truncate_prompt(full_ids, full_labels, max_seq_len, tokenizer.bos_token_id)
         if cut:
             if truncation == "error":

@@ -7,7 +7,9 @@ from safetune.data import (
     BatchSchedule,
     Example,
     build_training_data,
+    chat_segments,
     encode_chat,
+    encode_chats,
     load_examples,
     tokenize_example,
     truncate_prompt,
@@ -44,6 +46,23 @@ def test_multi_turn_trains_every_assistant_turn(tokenizer):
     tokenize_example(example, tokenizer, max_seq_len=128)
     trained = tokenizer.decode([t for t, lab in zip(example.input_ids, example.labels) if lab != IGNORE_INDEX])
     assert trained == f"Hello!{tokenizer.eos_token}Bye!{tokenizer.eos_token}"
+
+
+def test_batched_encoding_equals_one_chat_at_a_time(tokenizer):
+    """encode_chats tokenises every segment of every chat in one call: each chat gets its own pieces back."""
+    chats = [chat("What is 3 plus 4?", "7"), chat("", "empty prompt"),
+             [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+              {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}],
+             chat("a longer prompt with several words in it", "and a longer answer too")]
+    alone = []
+    for messages in chats:
+        ids, labels = [], []
+        for text, train in chat_segments(messages, tokenizer):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if train else [IGNORE_INDEX] * len(piece)
+        alone.append((ids, labels))
+    assert encode_chats(chats, tokenizer) == alone == [encode_chat(m, tokenizer) for m in chats]
 
 
 def chat(prompt: str, response: str) -> list[dict[str, str]]:
