@@ -78,25 +78,30 @@ def patch_compute_loss(monkeypatch, on_call):
     monkeypatch.setattr(training, "compute_loss", patched)  # monkeypatch.undo() restores it
 
 
-def interrupt_at_call(monkeypatch, at: int):
-    """Ctrl-C at the `at`-th loss computation (one per micro-batch)."""
+def interrupt_at_step(monkeypatch, at: int):
+    """Ctrl-C at the first loss computation of step `at` (1-based): a step may run several
+    passes (grad_accum, a batch split by length), so the step, not the call, is counted."""
+    import safetune.training as training
 
-    def maybe_interrupt(n):
-        if n == at:
+    original = training.compute_loss
+
+    def patched(methods, ctx, model, batch):
+        if ctx.step == at - 1:
             raise KeyboardInterrupt
+        return original(methods, ctx, model, batch)
 
-    patch_compute_loss(monkeypatch, maybe_interrupt)
+    monkeypatch.setattr(training, "compute_loss", patched)  # monkeypatch.undo() restores it
 
 
 def train_until_interrupted(monkeypatch, recipe, at: int, match: str = "interrupted at step"):
-    """Train `recipe` with Ctrl-C at the `at`-th loss computation; check the resume message,
+    """Train `recipe` with Ctrl-C in its `at`-th step; check the resume message,
     then remove the interruption so the test can resume."""
     import pytest
 
     from safetune.errors import Interrupted
     from safetune.training import train
 
-    interrupt_at_call(monkeypatch, at)
+    interrupt_at_step(monkeypatch, at)
     with pytest.raises(Interrupted, match=match):
         train(recipe, show_progress=False)
     monkeypatch.undo()
