@@ -148,6 +148,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
         entry["suites"] = {name: stats([r["suites"].get(name) for r in group]) for name in suite_names}
         entry["gate_passed"] = sum(bool(r["gate_passed"]) for r in group)
         summary.append(entry)
+    # the tables' order: CONFIGS, then the settings (whatever order the runs finished in)
+    order = {name: i for i, name in enumerate(CONFIGS)}
+    summary.sort(key=lambda e: (order.get(e["config"], len(order)), list(SETTINGS).index(e["setting"])
+                                if e["setting"] in SETTINGS else len(SETTINGS)))
     # cost relative to `standard` of the same task and setting, measured in this bench
     for entry in summary:
         standard = next((e for e in summary if e["task"] == entry["task"] and e["setting"] == entry["setting"]
@@ -164,8 +168,15 @@ def fmt(stat: dict | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
+def segments(meta: dict) -> str:
+    """A --reuse run's time covers only the runs it ran: say so."""
+    if not meta.get("reused"):
+        return ""
+    return f" for the {meta['runs'] - meta['reused']} runs it ran ({meta['reused']} reused from earlier segments)"
+
+
 def markdown(summary: list[dict], baselines: dict, meta: dict) -> str:
-    lines = ["# Lab benchmark", "", f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all, "
+    lines = ["# Lab benchmark", "", f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all{segments(meta)}, "
              f"{meta['jobs']} one-thread runs side by side. Mean ± std over seeds {meta['seeds']}; "
              "`min` is the worst seed's refusal; retained = refusal / baseline; worst cat. = the lowest "
              "harmful category's refusal; step time and memory relative to `standard` of the same task "
@@ -249,7 +260,7 @@ def readme_table(summary: list[dict], baselines: dict, meta: dict) -> str:
     tasks = meta["tasks"]
     bases = ", ".join(f"{t} {baselines[t]['metrics']['harmful_refusal_rate']:.3f} / "
                       f"{baselines[t]['metrics']['over_refusal_rate']:.3f}" for t in tasks)
-    lines = [f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all. Each cell: harmful "
+    lines = [f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all{segments(meta)}. Each cell: harmful "
              f"refusal retained (refusal / baseline, mean ± std over seeds {meta['seeds']}) · over-refusal "
              f"(mean). Baseline refusal / over-refusal: {bases}. Full tables (min, worst category, task, "
              "capability, memory): [bench/results/lab.md](bench/results/lab.md).", "",
@@ -341,7 +352,7 @@ def main() -> None:
     command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "seconds": time.perf_counter() - started, "jobs": args.jobs, "seeds": seeds, "tasks": tasks,
-            "overrides": overrides}
+            "overrides": overrides, "runs": len(rows), "reused": len(done)}
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
     name = "lab_quick" if args.quick else "lab"
