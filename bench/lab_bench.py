@@ -337,7 +337,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     baselines = ensure_baselines(tasks, args.out)
     attacked = set(configs) if args.harmful_configs == "all" else set(args.harmful_configs.split(","))
-    jobs = [(t, c, s, seed) for c in configs for s in settings for t in tasks for seed in seeds
+    # seed-major, configs innermost: a machine that gets faster or slower during the bench
+    # shifts every config alike (with --jobs 1 the step-time ratios are the cost figures)
+    jobs = [(t, c, s, seed) for seed in seeds for s in settings for t in tasks for c in configs
             if s != "harmful-10%" or c in attacked]
     done = []
     if args.reuse and (args.out / "rows.jsonl").is_file():
