@@ -223,9 +223,14 @@ def encode_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBa
     return encode_chats([messages], tokenizer)[0]
 
 
-def encode_chats(chats: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
-    """`encode_chat` for many chats, with one batched tokenizer call for all their segments
-    (called once per segment, the tokenizer's own overhead was most of a run's set-up)."""
+def encode_chats(chats: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,
+                 chunk: int = 4096) -> list[tuple[list[int], list[int]]]:
+    """`encode_chat` for many chats, with one batched tokenizer call per `chunk` chats for all
+    their segments (called once per segment, the tokenizer's own overhead was most of a
+    run's set-up; chunks keep a large data set's intermediate lists small)."""
+    if len(chats) > chunk:
+        return [pair for start in range(0, len(chats), chunk)
+                for pair in encode_chats(chats[start : start + chunk], tokenizer, chunk)]
     segments = [chat_segments(messages, tokenizer) for messages in chats]
     texts = [text for chat in segments for text, _ in chat]
     pieces = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])

@@ -63,6 +63,7 @@ def test_batched_encoding_equals_one_chat_at_a_time(tokenizer):
             labels += piece if train else [IGNORE_INDEX] * len(piece)
         alone.append((ids, labels))
     assert encode_chats(chats, tokenizer) == alone == [encode_chat(m, tokenizer) for m in chats]
+    assert encode_chats(chats, tokenizer, chunk=3) == alone, "chunks join up in order"
 
 
 def chat(prompt: str, response: str) -> list[dict[str, str]]:
