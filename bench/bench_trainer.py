@@ -13,6 +13,8 @@ same precision; no evaluation, no checkpoints during the measured steps. Four ro
     transformers        transformers.Trainer.train() on the same batches
     safetune+packing    data.packing: true (the same batch_size, now of packed sequences)
     transformers+packing  Trainer on the same packed batches (position_ids, no attention_mask)
+    safetune+compile    train.compile: true (not run unless asked: `--rows safetune safetune+compile
+                        --name trainer-compile`; raise --warmup past the compile steps)
 
 Each run starts from freshly loaded weights; runs alternate in ABBA order (A B C D D C B A
 ...) so that a machine getting busier or quieter favours no row. tokens/s = the real
@@ -20,7 +22,7 @@ Each run starts from freshly loaded weights; runs alternate in ABBA order (A B C
 second (this process's CPU time) is printed next to it: with `--threads 1` on a shared
 machine it is what the loop itself cost, whoever else was running. Prints the medians
 and the ratios, checks that both loops ended at the same weights, and writes
-bench/results/trainer.json and trainer.md.
+bench/results/<name>.json and .md (`--name`, default trainer).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from safetune.modeling import lab_model_dir  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 TASK = REPO / "data" / "tasks" / "sentiment" / "train.jsonl"
 ROWS = ["safetune", "transformers", "safetune+packing", "transformers+packing"]
+OPTIONAL_ROWS = ["safetune+compile"]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -79,7 +82,7 @@ def build_lab_shaped_model(out: Path) -> Path:
     return out
 
 
-def recipe_for(args, model: Path, out: Path, packing: bool):
+def recipe_for(args, model: Path, out: Path, packing: bool, compile: bool = False):
     from safetune.recipe import validate_tree
 
     return validate_tree({
@@ -90,7 +93,7 @@ def recipe_for(args, model: Path, out: Path, packing: bool):
         "train": {"max_steps": args.warmup + args.steps, "batch_size": args.batch_size, "learning_rate": 1e-3,
                   "lr_schedule": "cosine", "warmup_steps": 0, "weight_decay": 0.01, "max_grad_norm": 1.0,
                   "log_every": args.warmup + args.steps, "device": args.device, "precision": args.precision,
-                  "seed": 0},
+                  "seed": 0, "compile": compile},
         "eval": {"suites": []},
         "output": {"dir": str(out)},
     })
@@ -102,11 +105,11 @@ def synchronize(device: str) -> None:
 
 
 # --------------------------------------------------------------------------- the two loops
-def run_safetune(args, model: Path, scratch: Path, packing: bool) -> dict:
+def run_safetune(args, model: Path, scratch: Path, packing: bool, compile: bool = False) -> dict:
     """safetune's own loop (Trainer.fit); timestamps after the warm-up and the last step."""
     from safetune.training import Trainer
 
-    trainer = Trainer(recipe_for(args, model, scratch / "safetune-run", packing), show_progress=False)
+    trainer = Trainer(recipe_for(args, model, scratch / "safetune-run", packing, compile), show_progress=False)
     trainer.setup()
     stamps: dict[int, float] = {}
     tokens = [0]
@@ -199,7 +202,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
+    parser.add_argument("--rows", nargs="+", choices=ROWS + OPTIONAL_ROWS, default=ROWS)
+    parser.add_argument("--name", default="trainer", help="results file name under bench/results/")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,7 +224,8 @@ def main() -> None:
             work = scratch / f"run-{number}"
             work.mkdir()
             runner = run_safetune if row.startswith("safetune") else run_transformers
-            result = runner(args, model, work, packing=row.endswith("+packing"))
+            options = {"compile": True} if row.endswith("+compile") else {}
+            result = runner(args, model, work, packing=row.endswith("+packing"), **options)
             last_weights[row] = result.pop("weights")
             result["tokens_per_s"] = result["tokens"] / result["seconds"]
             result["tokens_per_cpu_s"] = result["tokens"] / result["cpu_seconds"]
@@ -234,7 +239,7 @@ def main() -> None:
     cpu_medians = {row: statistics.median(r["tokens_per_cpu_s"] for r in runs[row]) for row in args.rows}
     ratios, cpu_ratios, paired = {}, {}, {}
     for a, b in (("safetune", "transformers"), ("safetune+packing", "transformers+packing"),
-                 ("safetune+packing", "transformers")):
+                 ("safetune+packing", "transformers"), ("safetune+compile", "safetune")):
         if a in medians and b in medians:
             ratios[f"{a} / {b}"] = medians[a] / medians[b]
             cpu_ratios[f"{a} / {b}"] = cpu_medians[a] / cpu_medians[b]
@@ -244,7 +249,8 @@ def main() -> None:
                 x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b]))
     # same batches, optimizer and schedule: both loops must end at the same weights
     agreement = {}
-    for a, b in (("safetune", "transformers"), ("safetune+packing", "transformers+packing")):
+    for a, b in (("safetune", "transformers"), ("safetune+packing", "transformers+packing"),
+                 ("safetune+compile", "safetune")):
         if a in last_weights and b in last_weights:
             agreement[f"{a} vs {b}"] = max_difference(last_weights[a], last_weights[b])
     result = {
@@ -271,9 +277,9 @@ def main() -> None:
     for name, value in agreement.items():
         print(f"max |weight difference| {name}: {value:.1e}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "trainer.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "trainer.md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {(RESULTS / 'trainer.json').relative_to(REPO)} and trainer.md")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result), encoding="utf-8")
+    print(f"wrote {(RESULTS / f'{args.name}.json').relative_to(REPO)} and {args.name}.md")
 
 
 def markdown(result: dict) -> str:

@@ -280,6 +280,9 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast mixed precision over the loaded weights (keep model.dtype float32)")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    compile: bool = Field(
+        False, description="torch.compile the training forward pass (a GPU speed-up; the first steps pay the "
+        "compile time; safety passes and generation stay eager)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before on_nonfinite acts")
     on_nonfinite: Literal["rollback", "stop"] = Field(
         "rollback", description="rollback: to the last checkpoint/passing probe with LR x0.5; stop: error")

@@ -252,6 +252,8 @@ class Trainer:
         )
         self.ctx.optimizer = self.optimizer
         self.train_model = self.ctx.train_model = self.dist.wrap(self.model, self.device)
+        if recipe.train.compile:
+            self.train_model = self.ctx.train_model = compile_for_training(self.train_model)
         precision = recipe.train.precision
         self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
@@ -682,6 +684,17 @@ def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: to
     fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas,
                              weight_decay=recipe.train.weight_decay, fused=fused)
+
+
+def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile'd view of `model` (same parameters) for the task forward pass only.
+
+    A wrapper, not `model.compile()` in place: safety passes and generation (probes, the
+    final evaluation) call the model itself and stay eager, since generation would
+    recompile at every new sequence length. Batch widths vary, so the second width seen
+    makes torch compile a dynamic-shape graph once instead of one graph per width.
+    """
+    return torch.compile(model)
 
 
 def enable_gradient_checkpointing(model) -> None:

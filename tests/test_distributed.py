@@ -195,3 +195,27 @@ def test_fsdp_lora_equals_one_process(tiny_model_dir, tiny_data, tmp_path):
     a = load_file(one.final_dir / "adapter_model.safetensors")
     b = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
     assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+
+
+def test_compile_trains_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """train.compile wraps the task forward in torch.compile: same parameters, same steps.
+    The aot_eager backend traces forward and backward like inductor does but skips C++
+    code generation, so the check takes seconds (bench/bench_trainer.py --compile times
+    the real backend)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    compiled, counter = [], CompileCounterWithBackend("aot_eager")
+
+    def compile_with_aot_eager(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend=counter, **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    finals = {}
+    for on in (False, True):
+        tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / str(on), max_steps=3, compile=on)
+        finals[on] = load_file(train(validate_tree(tree), show_progress=False).final_dir / "model.safetensors")
+    assert len(compiled) == 1, "compiled once, for the compile=True run"
+    assert counter.frame_count >= 1, "the training forward ran through the compiled graph"
+    assert all(torch.allclose(finals[False][k], finals[True][k], atol=1e-5) for k in finals[False])
