@@ -7,7 +7,9 @@
 Each run is a bundled recipe `recipes/lab/<task>-<config>.yaml` (the harmful setting adds
 `data.harmful_ratio=0.1` from data/safety/compliance_train.jsonl), trained in its own
 process with ONE thread (`--jobs` processes side by side: on 2 cores, 2 one-thread runs
-finish sooner than 2-thread runs one after the other, and never oversubscribe). The lab
+finish sooner than 2-thread runs one after the other, and never oversubscribe). Each run's
+process is forked from a server that has imported torch, transformers and safetune once
+(multiprocessing's forkserver), so no run pays the ~7 s of imports. The lab
 model's baseline is evaluated once per task and copied into every run. Figures per
 (task, config, setting): mean ± std over seeds (and the minimum) of harmful refusal,
 retained fraction, worst category, over-refusal, task, capability and per-suite rates;
@@ -25,10 +27,11 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
+import multiprocessing
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +89,24 @@ def run_one(task: str, config: str, setting: str, seed: int, out: Path, override
             "gate_passed": report["gate"]["passed"]}
 
 
-def child_main(args) -> None:
-    row = run_one(args.task, args.config, args.setting, args.seed, args.out, args.override)
-    print("ROW " + json.dumps(row), flush=True)
+def run_in_child(job: tuple, out: Path, overrides: list[str]) -> dict:
+    """One run in a fresh one-thread process; its output goes to <run dir>.log, and an error
+    comes back as a row with its last line (a bench keeps going past one failed run)."""
+    import torch
+
+    torch.set_num_threads(1)
+    task, config, setting, seed = job
+    log = out / f"{task}-{config}-{setting}-s{seed}.log"
+    with log.open("w", encoding="utf-8") as sink:
+        sys.stdout = sys.stderr = sink
+        try:
+            return run_one(task, config, setting, seed, out, overrides)
+        except BaseException:  # noqa: BLE001 -- reported as the run's row
+            traceback.print_exc()
+            last = traceback.format_exc().strip().splitlines()[-1]
+            return {"task": task, "config": config, "setting": setting, "seed": seed, "error": last}
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 # --------------------------------------------------------------------------- the bench (parent)
@@ -106,23 +124,27 @@ def ensure_baselines(tasks: list[str], out: Path) -> dict:
     return baselines
 
 
-def launch(job: tuple, out: Path, overrides: list[str]) -> dict:
-    """One run in a one-thread child process; its row is appended to <out>/rows.jsonl at once."""
-    task, config, setting, seed = job
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, __file__, "--child", "--task", task, "--config", config, "--setting", setting,
-               "--seed", str(seed), "--out", str(out)] + [f"--override={o}" for o in overrides]
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-    if done.returncode != 0 or not rows:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"FAILED {task}/{config}/{setting}/s{seed}: {last}", flush=True)
-        return {"task": task, "config": config, "setting": setting, "seed": seed, "error": last}
-    row = json.loads(rows[-1])
-    with (out / "rows.jsonl").open("a", encoding="utf-8") as handle:  # a bench cut short keeps its runs
+def process_pool(jobs: int) -> ProcessPoolExecutor:
+    """`jobs` one-thread worker processes, one fresh process per run (max_tasks_per_child=1:
+    no run inherits another's state or peak memory), forked from a server that imported
+    the heavy modules once."""
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transformers", "safetune.training", "safetune.evaluation.runner"])
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
+
+
+def record(row: dict, out: Path, overrides: list[str]) -> dict:
+    """Append a finished run to <out>/rows.jsonl at once (a bench cut short keeps its runs)."""
+    job = f"{row['task']}/{row['config']}/{row['setting']}/s{row['seed']}"
+    if "error" in row:
+        print(f"FAILED {job}: {row['error']}", flush=True)
+        return row
+    with (out / "rows.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row | {"overrides": overrides}) + "\n")
-    print(f"{task:9} {config:16} {setting:11} s{seed}: refusal {row['harmful_refusal_rate']:.3f} "
-          f"over {row['over_refusal_rate']:.3f} task {row['task_score']:.3f} ({row['wall_time_s']:.0f}s)", flush=True)
+    print(f"{row['task']:9} {row['config']:16} {row['setting']:11} s{row['seed']}: refusal "
+          f"{row['harmful_refusal_rate']:.3f} over {row['over_refusal_rate']:.3f} task {row['task_score']:.3f} "
+          f"({row['wall_time_s']:.0f}s)", flush=True)
     return row
 
 
@@ -312,20 +334,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the tables and plots go")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the runs already in <out>/rows.jsonl (same overrides) instead of running them again")
-    # child mode: one run, printed as a ROW line
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--task", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--setting", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    if args.child:
-        return child_main(args)
 
     tasks, configs, settings = args.tasks.split(","), args.configs.split(","), args.settings.split(",")
     seeds, overrides = args.seeds, args.override
@@ -348,8 +362,9 @@ def main() -> None:
         finished = {(r["task"], r["config"], r["setting"], r["seed"]) for r in done}
         jobs = [job for job in jobs if job not in finished]
     print(f"{len(jobs)} runs, {args.jobs} at a time ({len(done)} reused)", flush=True)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = done + list(pool.map(lambda job: launch(job, args.out, overrides), jobs))
+    with process_pool(args.jobs) as pool:
+        futures = [pool.submit(run_in_child, job, args.out, overrides) for job in jobs]
+        rows = done + [record(future.result(), args.out, overrides) for future in as_completed(futures)]
     summary = aggregate(rows)
     command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
