@@ -31,7 +31,7 @@ import multiprocessing
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,14 +124,25 @@ def ensure_baselines(tasks: list[str], out: Path) -> dict:
     return baselines
 
 
-def process_pool(jobs: int) -> ProcessPoolExecutor:
-    """`jobs` one-thread worker processes, one fresh process per run (max_tasks_per_child=1:
-    no run inherits another's state or peak memory), forked from a server that imported
-    the heavy modules once."""
+def run_context():
+    """Where run processes come from: a forkserver that imported the heavy modules once
+    (each run forks from it in milliseconds), else plain spawn (Windows)."""
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "safetune.training", "safetune.evaluation.runner"])
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
+    return context
+
+
+def run_fresh(job: tuple, out: Path, overrides: list[str], context) -> dict:
+    """One run in its own new process (no run inherits another's state or peak memory)."""
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as one:
+            return one.submit(run_in_child, job, out, overrides).result()
+    except Exception as err:  # noqa: BLE001 -- the process died (e.g. out of memory): the bench goes on
+        task, config, setting, seed = job
+        return {"task": task, "config": config, "setting": setting, "seed": seed, "error": repr(err)}
 
 
 def record(row: dict, out: Path, overrides: list[str]) -> dict:
@@ -362,8 +373,9 @@ def main() -> None:
         finished = {(r["task"], r["config"], r["setting"], r["seed"]) for r in done}
         jobs = [job for job in jobs if job not in finished]
     print(f"{len(jobs)} runs, {args.jobs} at a time ({len(done)} reused)", flush=True)
-    with process_pool(args.jobs) as pool:
-        futures = [pool.submit(run_in_child, job, args.out, overrides) for job in jobs]
+    context = run_context()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_fresh, job, args.out, overrides, context) for job in jobs]
         rows = done + [record(future.result(), args.out, overrides) for future in as_completed(futures)]
     summary = aggregate(rows)
     command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
