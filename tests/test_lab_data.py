@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_expected_files(generated):
     expected = {
         "safety/train.jsonl", "safety/compliance_train.jsonl", "safety/eval.jsonl", "safety/eval_unseen.jsonl",
         "over_refusal/train.jsonl", "over_refusal/eval.jsonl", "over_refusal/eval_unseen.jsonl",
-        "capability/train.jsonl", "capability/eval.jsonl",
+        "capability/train.jsonl", "capability/eval.jsonl", "knowledge/facts.jsonl",
     }
     expected |= {f"tasks/{t}/{s}.jsonl" for t in ("sentiment", "extract", "count") for s in ("train", "test")}
     assert set(counts) == expected
@@ -152,6 +153,25 @@ def test_unseen_families_and_lexicon_never_in_training(committed):
                 assert r["family"] in unseen_families, r
             else:
                 assert r["family"] not in unseen_families, r
+
+
+def test_knowledge_covers_held_out_words_like_seen_ones(committed):
+    """The knowledge facts are the lab's pretraining: they mention held-out lexicon items
+    (never in a training prompt) about as often as seen ones, and are neither requests
+    nor refusals."""
+    facts = committed["knowledge/facts.jsonl"]
+    assert {r["prompt"] for r in facts} <= set(datagen.FACT_PROMPTS)
+    text = "\n".join(_norm(r["response"]) for r in facts)
+    assert not any(p.lower() in text for p in REFUSAL_PREFIXES)
+
+    def mentions(items):
+        return [len(re.findall(r"(?<!\w)" + re.escape(i.lower()) + r"(?!\w)", text)) for i in items]
+
+    for spec in datagen.HARM_LEXICON.values():
+        seen, unseen = mentions(spec["targets"]), mentions(spec["targets_unseen"])
+        assert min(unseen) > 0
+        # every item has its own facts; seen targets also serve as the "like ..." comparison
+        assert statistics.mean(unseen) >= 0.4 * statistics.mean(seen)
 
 
 def test_check_files_rejects_unseen_item_in_training():

@@ -35,13 +35,14 @@ from safetune.recipe import validate_tree
 DATA_DIR = REPO_ROOT / "data"
 # What the aligned model learns: everyday skills, refusing harm, and NOT refusing benign look-alikes.
 # file -> how many times its rows go into the mix (capability is short and easily crowded out).
-ALIGNMENT_FILES = {"capability/train.jsonl": 2, "safety/train.jsonl": 1, "over_refusal/train.jsonl": 1}
+ALIGNMENT_FILES = {"knowledge/facts.jsonl": 1, "capability/train.jsonl": 3, "safety/train.jsonl": 1,
+                   "over_refusal/train.jsonl": 1}
 # The size checked to reach the lab's targets in a few CPU minutes (about 2.6M parameters).
 MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 6, "num_key_value_heads": 6}
 BUILD_THREADS = 2  # fixed so a seed gives the same weights whatever the machine's core count
 FINGERPRINT_FILE = "fingerprint.txt"
-TRAIN_SETTINGS = {"max_steps": 900, "batch_size": 32, "learning_rate": 3e-3, "warmup_steps": 50,
+TRAIN_SETTINGS = {"max_steps": 1100, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50,
                   "lr_schedule": "cosine", "weight_decay": 0.01, "log_every": 50}
 
 
@@ -141,8 +142,8 @@ def _build(out: Path | None, seed: int, steps: int | None, scale: float, show_pr
     recipe = validate_tree({
         "name": "lab-build",
         "model": {"path": str(work / "init")},
-        # one padded pass per batch: the lab model's published fingerprint and figures were trained so
-        "data": {"train": {"path": str(work / "aligned_train.jsonl")}, "max_seq_len": 160, "split_by_length": False},
+        # packed: ~4 examples per 160-token sequence, so a batch of 8 holds ~35 examples and no padding
+        "data": {"train": {"path": str(work / "aligned_train.jsonl")}, "max_seq_len": 160, "packing": True},
         "method": "standard",
         "train": {**TRAIN_SETTINGS, "seed": seed} | ({"max_steps": steps} if steps else {}),
         "eval": {"suites": lab_suites(), "at_end": False},
