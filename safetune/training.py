@@ -14,6 +14,7 @@ checkpoints, resumes and rollbacks all go through (`capture_state` / `restore_st
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import random
@@ -641,6 +642,18 @@ class Trainer:
         self.say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
         return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
 
+    def close(self) -> None:
+        """Leave the process group. The DDP wrapper goes first: its reducer holds the process
+        group, and if the reducer were the last holder, gloo's destructor would run under the GIL
+        and could deadlock with a gloo worker thread that needs the GIL to free a finished
+        collective's tensors (seen as an occasional hang of a rank at exit)."""
+        if self.dist.enabled:
+            self.train_model = None
+            if getattr(self, "ctx", None) is not None:
+                self.ctx.train_model = None
+            gc.collect()  # DDP modules sit in reference cycles: free the reducer now, not at exit
+        self.dist.close()
+
     def dry_run(self) -> RunResult:
         """Show the first example and the run's size, take one real step, write a test checkpoint."""
         from rich.console import Console
@@ -675,7 +688,7 @@ def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_p
         trainer.setup(resume=resume, dry_run=dry_run)
         return trainer.dry_run() if dry_run else trainer.fit()
     finally:
-        trainer.dist.close()
+        trainer.close()
 
 
 # --------------------------------------------------------------------------- building blocks
