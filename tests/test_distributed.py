@@ -45,9 +45,27 @@ def recipe_file(tmp_path, tiny_model_dir, tiny_data, method) -> tuple[dict, Path
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tiny_data, tmp_path, method):
     tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, method)
     one = train(validate_tree(tree), show_progress=False)
-    two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2",
+    # the DDP wrapper's reducer holds the process group: it must be freed before the group is
+    # destroyed, else gloo's destructor can deadlock a rank at exit. Count the wrappers then.
+    script = tmp_path / "count_ddp_at_exit.py"
+    script.write_text(
+        "import gc, sys\n"
+        "import torch.distributed\n"
+        "from torch.nn.parallel import DistributedDataParallel\n"
+        "destroy = torch.distributed.destroy_process_group\n"
+        "def counted(*args, **kwargs):\n"
+        "    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())\n"
+        "    print(f'DDP wrappers alive when the group is destroyed: {alive}', file=sys.stderr)\n"
+        "    return destroy(*args, **kwargs)\n"
+        "torch.distributed.destroy_process_group = counted\n"
+        "from safetune.cli import main\n"
+        "sys.argv = ['safetune', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    two = run_torchrun([str(script), "train", str(path), "train.batch_size=2",
                         f"output.dir={tmp_path / 'two'}", "--quiet"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("DDP wrappers alive when the group is destroyed: 0") == 2, two.stderr[-3000:]
     a, b = load_file(one.final_dir / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
