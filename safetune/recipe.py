@@ -169,6 +169,15 @@ class SafeGradMethod(Section):
     safety_batch_size: int = Field(8, ge=1)
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
+    constraints: Literal["joint", "separate"] = Field(
+        "joint", description="one constraint on L(refusals) + w·L(borderline), or one on each (separate)"
+    )
+
+    @model_validator(mode="after")
+    def _separate_needs_borderline(self) -> "SafeGradMethod":
+        if self.constraints == "separate" and self.safety_data != "refusals_and_borderline":
+            raise ValueError("constraints: separate needs safety_data: refusals_and_borderline (two losses to keep)")
+        return self
 
 
 class FreezeMethod(Section):

@@ -28,6 +28,13 @@ Options (both spaces):
   Refusals alone make s point at "refuse more"; whatever share of s reaches the weights
   (Adam amplifies it, the margin adds it on purpose) then teaches refusing benign
   look-alikes. The borderline term makes s also mean "keep answering the benign ones".
+- `constraints: separate` (with `refusals_and_borderline`): two constraints instead of one
+  sum. The summed s lets a step trade one term for the other -- lower L(refusals) a lot
+  while L(borderline) rises, i.e. learn to refuse the benign look-alikes -- and still
+  count as agreeing. Separately, the step is the smallest change of the original for which
+  *neither* loss rises (each with the margin): the projection onto {v : v·s_i ≤ allowed_i}
+  for i = refusals, borderline, solved exactly by trying the active sets {}, {1}, {2},
+  {1, 2} (KKT: multipliers ≥ 0, both constraints met) and keeping the cheapest valid one.
 
 Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
 keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
@@ -57,6 +64,9 @@ def project_conflicting(
 ) -> dict[str, float]:
     """Remove the component of `vectors` along `safety` where they conflict.
 
+    `safety` is one gradient (a list of tensors) or two constraint gradients (a pair of
+    such lists, see `constraints: separate` above; `project_two_constraints`).
+
     `applied=False`: `vectors` are gradients (the step goes along -g): L_s rises by ≈ -g·s.
     `applied=True`: `vectors` are applied changes d: L_s rises by ≈ d·s.
     mode `global` uses one group; `per_tensor` one group per tensor; `groups` (a group id
@@ -69,6 +79,9 @@ def project_conflicting(
     FSDP shards: each rank computes the per-tensor sums over its shards and one all-reduce
     adds them up, so every rank finds the same coefficients and edits its own shards.
     """
+    if isinstance(safety[0], (list, tuple)):
+        return project_two_constraints(vectors, safety, mode, applied=applied, margin=margin, groups=groups,
+                                       target=target)
     sharded = is_sharded(vectors[0])
     vectors, safety = [local_shard(v) for v in vectors], [local_shard(s) for s in safety]
     target = vectors if target is None else [local_shard(t) for t in target]
@@ -108,6 +121,92 @@ def project_conflicting(
             "conflicting_groups": conflict.sum() / present.sum().clamp(min=1)}
 
 
+def project_two_constraints(
+    vectors: list[torch.Tensor],
+    safety: list[list[torch.Tensor]],
+    mode: str = "global",
+    *,
+    applied: bool = False,
+    margin: float = 0.0,
+    groups: list[int] | None = None,
+    target: list[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """The step closest to the original for which neither safety loss rises (per group).
+
+    With u the step (u = -g for gradients, the change d itself when `applied`) and s1, s2
+    the two safety gradients, L_i rises by ≈ u·s_i. Wanted: the nearest u' with
+    u'·s_i ≤ a_i = -margin·‖u‖·‖s_i‖ for both i. The answer is u' = u - λ1·s1 - λ2·s2 with
+    λ ≥ 0 (KKT); with e_i = u·s_i - a_i (> 0: violated) and G the Gram matrix of s1, s2:
+      {}      λ = 0                        valid when e ≤ 0
+      {i}     λ_i = e_i / G_ii             valid when e_i > 0 and the other stays met
+      {1, 2}  G λ = e (2 × 2)              valid when λ ≥ 0
+    and the valid set with the smallest correction λᵀGλ wins. If none is valid (the two
+    constraints cannot both hold, e.g. s2 ≈ -s1 with a margin), the sum s1 + s2 is
+    projected as one constraint (the `joint` rule). No host sync; FSDP shards as above.
+    """
+    sharded = is_sharded(vectors[0])
+    vectors = [local_shard(v) for v in vectors]
+    first, second = ([local_shard(s) for s in part] for part in safety)
+    target = vectors if target is None else [local_shard(t) for t in target]
+    sign = 1.0 if applied else -1.0
+    per_tensor = torch.stack([
+        torch.stack([(v * s).sum() for v, s in zip(vectors, first)]),
+        torch.stack([(v * s).sum() for v, s in zip(vectors, second)]),
+        torch.stack([(a * b).sum() for a, b in zip(first, first)]),
+        torch.stack([(a * b).sum() for a, b in zip(first, second)]),
+        torch.stack([(b * b).sum() for b in second]),
+        torch.stack(torch._foreach_norm(vectors)) ** 2,
+    ]).float()
+    per_tensor = sum_over_shards(per_tensor, sharded)
+    if mode == "global":
+        index = torch.zeros(len(vectors), dtype=torch.long, device=per_tensor.device)
+    else:
+        index = torch.arange(len(vectors), device=per_tensor.device) if groups is None else \
+            torch.tensor(groups, device=per_tensor.device)
+    count = 1 if mode == "global" else len(vectors) if groups is None else max(groups) + 1
+    dot1, dot2, g11, g12, g22, vector_sq = torch.zeros(6, count, device=per_tensor.device).index_add_(
+        1, index, per_tensor)
+    e1 = sign * dot1 + margin * (vector_sq * g11).sqrt()
+    e2 = sign * dot2 + margin * (vector_sq * g22).sqrt()
+    present1, present2 = g11 > 0, g22 > 0
+    tolerance = 1e-6 * (e1.abs() + e2.abs() + 1e-30)
+    zero, inf = torch.zeros_like(e1), torch.full_like(e1, float("inf"))
+    # candidate multipliers (λ1, λ2) and whether each active set is valid
+    only1 = torch.where(present1, e1 / g11.clamp(min=1e-30), zero)
+    only2 = torch.where(present2, e2 / g22.clamp(min=1e-30), zero)
+    det = g11 * g22 - g12**2
+    usable = det > 1e-12 * g11 * g22
+    both1 = torch.where(usable, (e1 * g22 - e2 * g12) / det.clamp(min=1e-30), zero)
+    both2 = torch.where(usable, (e2 * g11 - e1 * g12) / det.clamp(min=1e-30), zero)
+    met1, met2 = (e1 <= 0) | ~present1, (e2 <= 0) | ~present2
+    candidates = [
+        (zero, zero, met1 & met2),
+        (only1, zero, present1 & (e1 > 0) & ((e2 - only1 * g12 <= tolerance) | ~present2)),
+        (zero, only2, present2 & (e2 > 0) & ((e1 - only2 * g12 <= tolerance) | ~present1)),
+        (both1, both2, usable & (both1 >= 0) & (both2 >= 0)),
+    ]
+    costs = torch.stack([torch.where(valid, l1 * l1 * g11 + 2 * l1 * l2 * g12 + l2 * l2 * g22, inf)
+                         for l1, l2, valid in candidates])
+    choice = costs.argmin(dim=0)
+    lambda1 = torch.stack([c[0] for c in candidates]).gather(0, choice[None])[0]
+    lambda2 = torch.stack([c[1] for c in candidates]).gather(0, choice[None])[0]
+    # neither set valid: the joint rule on s1 + s2
+    stuck = torch.isinf(costs.min(dim=0).values)
+    joint_sq = g11 + 2 * g12 + g22
+    joint_e = sign * (dot1 + dot2) + margin * (vector_sq * joint_sq).sqrt()
+    joint = torch.where((joint_e > 0) & (joint_sq > 0), joint_e / joint_sq.clamp(min=1e-30), zero)
+    lambda1, lambda2 = torch.where(stuck, joint, lambda1), torch.where(stuck, joint, lambda2)
+    # u' = u - λ1 s1 - λ2 s2, i.e. v' = v - sign·(λ1 s1 + λ2 s2) for v = sign·u
+    for tensor, a, b, k in zip(target, first, second, index.unbind()):
+        tensor.sub_(sign * (lambda1[k] * a + lambda2[k] * b))
+    corrected = lambda1**2 * g11 + 2 * lambda1 * lambda2 * g12 + lambda2**2 * g22
+    joint_dot = -sign * (dot1 + dot2).sum()
+    cosine = joint_dot / (vector_sq.sum().sqrt() * joint_sq.sum().clamp(min=0).sqrt()).clamp(min=1e-20)
+    projected = (lambda1 > 0) | (lambda2 > 0)
+    return {"cosine": cosine, "projected": projected.any().float(), "removed_norm": corrected.clamp(min=0).sum().sqrt(),
+            "refusal_constraint": (lambda1 > 0).float().mean(), "borderline_constraint": (lambda2 > 0).float().mean()}
+
+
 def layer_groups(model: torch.nn.Module, names: list[str]) -> list[int]:
     """Group id per parameter: its decoder layer, or one extra group for everything else."""
     prefix, blocks = decoder_layers(model)
@@ -135,23 +234,40 @@ class SafeGrad(SafetyMethod):
         if self.config.safety_data == "refusals_and_borderline":
             borderline_batch(ctx, 1, draw=0, method="safegrad")
 
-    def safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    @property
+    def separate(self) -> bool:
+        return self.config.constraints == "separate"
+
+    def safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]):
+        """s (a list of tensors), or with `constraints: separate` the pair (s_refusals, s_borderline)."""
+        if self.separate:
+            refusals, borderline = safety_objective(ctx, self.config, draw=ctx.step, method=self.name, split=True)
+            return [loss_gradients(refusals, params), loss_gradients(borderline, params)]
         loss = safety_objective(ctx, self.config, draw=ctx.step, method=self.name)
         return loss_gradients(loss, params)  # the accumulated task gradient in .grad stays as it is
 
+    def cached_parts(self) -> list[list[torch.Tensor]]:
+        return self.cached if self.separate else [self.cached]
+
     def refresh_safety_gradient(self, ctx: MethodContext, params: list[torch.nn.Parameter]) -> None:
-        if self.cached is not None and self.cached[0].device != params[0].device:  # restored on the CPU
-            self.cached = [c.to(p.device) for c, p in zip(self.cached, params)]
-        if self.cached is not None and is_sharded(params[0]) and not is_sharded(self.cached[0]):
-            self.cached = [distribute_like(c, p) for c, p in zip(self.cached, params)]  # FSDP resume
+        if self.cached is not None:
+            parts = self.cached_parts()
+            if parts[0][0].device != params[0].device:  # restored on the CPU
+                parts = [[c.to(p.device) for c, p in zip(part, params)] for part in parts]
+            if is_sharded(params[0]) and not is_sharded(parts[0][0]):  # FSDP resume
+                parts = [[distribute_like(c, p) for c, p in zip(part, params)] for part in parts]
+            self.cached = parts if self.separate else parts[0]
         if self.cached is None or ctx.step % self.config.safety_every == 0:
             fresh = self.safety_gradient(ctx, params)
-            ctx.broadcast_tensors(fresh)  # every rank projects against the same s
+            fresh_parts = fresh if self.separate else [fresh]
+            for part in fresh_parts:
+                ctx.broadcast_tensors(part)  # every rank projects against the same s
             beta = self.config.safety_average
             if self.cached is None or beta == 0:
                 self.cached = fresh
             else:  # exponential average across recomputations, in place
-                torch._foreach_lerp_(self.cached, fresh, 1 - beta)
+                for part, new in zip(self.cached_parts(), fresh_parts):
+                    torch._foreach_lerp_(part, new, 1 - beta)
             self.cached_at = ctx.step
             self.recomputed += 1
 
@@ -193,7 +309,8 @@ class SafeGrad(SafetyMethod):
                 "safety_gradients_computed": self.recomputed, "space": self.config.space,
                 "projection": self.config.projection, "margin": self.config.margin,
                 "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
-                "safety_every": self.config.safety_every, "safety_data": self.config.safety_data}
+                "safety_every": self.config.safety_every, "safety_data": self.config.safety_data,
+                "constraints": self.config.constraints}
 
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.

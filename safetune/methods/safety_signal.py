@@ -29,17 +29,19 @@ def borderline_batch(ctx: MethodContext, size: int, draw: int, method: str) -> l
     return draw_examples(ctx.borderline, size, ctx.seed, draw)
 
 
-def safety_objective(ctx: MethodContext, config, draw: int, method: str) -> torch.Tensor:
+def safety_objective(ctx: MethodContext, config, draw: int, method: str, split: bool = False):
     """A method's safety loss as its `safety_data` says: L(refusals) [+ w · L(borderline)].
 
     Each term is the mean over its own batch of `safety_batch_size` examples, so the answer
-    lengths of one set do not change the weight of the other.
+    lengths of one set do not change the weight of the other. `split=True` returns the two
+    terms, (L(refusals), w · L(borderline)), instead of their sum.
     """
     kind = getattr(config, "safety_loss", "refusal_ce")
     loss = safety_loss(ctx, ctx.batch_to_device(safety_batch(ctx, config.safety_batch_size, draw)), kind)
     if config.safety_data == "refusals_and_borderline":
         benign = ctx.batch_to_device(borderline_batch(ctx, config.safety_batch_size, draw, method))
-        loss = loss + config.borderline_weight * safety_loss(ctx, benign, kind)
+        borderline = config.borderline_weight * safety_loss(ctx, benign, kind)
+        return (loss, borderline) if split else loss + borderline
     return loss
 
 
