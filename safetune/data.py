@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import hashlib
 import io
 import json
 import random
@@ -19,6 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from safetune.errors import SafetuneError, UsageError
+from safetune.files import cache_root, write_atomic
 from safetune.recipe import DataConfig, SourceConfig
 
 IGNORE_INDEX = -100
@@ -223,6 +225,61 @@ def encode_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBa
     return encode_chats([messages], tokenizer)[0]
 
 
+# Bump when encode_chats / chat_segments change what they produce: it is part of the cache key.
+ENCODING_VERSION = 1
+
+
+def encode_chats_cached(chats: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
+    """`encode_chats`, remembered in $SAFETUNE_CACHE/tokenized/ (default ~/.cache/safetune).
+
+    Rendering every chat with the template and tokenising it is most of a small run's set-up
+    (~1 ms per example: 10,000 lab examples take ~10 s). The key is a SHA-256 of the chats
+    themselves and of everything that decides their encoding -- the tokenizer's full
+    definition (vocabulary, merges, normaliser), chat template, special tokens, the
+    transformers version and ENCODING_VERSION -- so a hit is the same ids and labels as
+    encoding again. Slow (Python) tokenizers are not cached; an unreadable entry is
+    encoded again and rewritten; a cache that cannot be written only costs the time.
+    """
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint is None:
+        return encode_chats(chats, tokenizer)
+    digest = hashlib.sha256(fingerprint.encode())
+    digest.update(json.dumps(chats, ensure_ascii=False, sort_keys=True).encode())
+    path = cache_root() / "tokenized" / f"{digest.hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if len(cached) == len(chats):
+            return [(ids, labels) for ids, labels in cached]
+    except (OSError, ValueError, TypeError):
+        pass
+    encoded = encode_chats(chats, tokenizer)
+    try:
+        write_atomic(path, json.dumps(encoded, separators=(",", ":")))
+    except OSError:
+        pass
+    return encoded
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Everything that decides how a chat is encoded (computed once per tokenizer object)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    known = getattr(tokenizer, "_safetune_fingerprint", None)
+    if known is not None:
+        return known
+    import transformers
+
+    parts = [type(tokenizer).__name__, backend.to_str(), str(tokenizer.chat_template),
+             str(tokenizer.eos_token), str(tokenizer.bos_token), transformers.__version__, str(ENCODING_VERSION)]
+    fingerprint = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+    try:
+        tokenizer._safetune_fingerprint = fingerprint
+    except AttributeError:
+        pass
+    return fingerprint
+
+
 def encode_chats(chats: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,
                  chunk: int = 4096) -> list[tuple[list[int], list[int]]]:
     """`encode_chat` for many chats, with one batched tokenizer call per `chunk` chats for all
@@ -329,7 +386,7 @@ def tokenize_set(examples: list[Example], tokenizer, max_seq_len: int, truncatio
     """Tokenise one data source; examples longer than max_seq_len follow `data.truncation`."""
     kept: list[Example] = []
     too_long = response_cut = 0
-    for example, (full_ids, full_labels) in zip(examples, encode_chats([e.messages for e in examples], tokenizer)):
+    for example, (full_ids, full_labels) in zip(examples, encode_chats_cached([e.messages for e in examples], tokenizer)):
         input_ids, labels, cut = truncate_prompt(full_ids, full_labels, max_seq_len, tokenizer.bos_token_id)
         if cut:
             if truncation == "error":

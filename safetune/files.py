@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written report, recipe or state file."""
+"""Atomic file writes (a reader never sees a half-written report, recipe or state file), and
+where safetune keeps its caches."""
 
 from __future__ import annotations
 
@@ -20,3 +21,8 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """$SAFETUNE_CACHE, else ~/.cache/safetune: the lab model, baselines, tokenised data."""
+    return Path(os.environ.get("SAFETUNE_CACHE") or Path.home() / ".cache" / "safetune").expanduser()

@@ -25,14 +25,40 @@ def next_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if not _takes_logits_to_keep(model):
         return model(**batch).loss
     targets = batch["labels"][:, 1:]  # position i predicts token i + 1
-    columns = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs, logits_to_keep=columns, use_cache=False).logits
+    columns = trained_columns(batch["labels"])
+    logits = logits_at(model, batch, columns)
     kept = targets[:, columns]
     total = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
                                               ignore_index=IGNORE_INDEX, reduction="sum")
     # a shard with no trained token (possible across ranks) adds 0, not 0/0
     return total / (kept != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def trained_columns(labels: torch.Tensor) -> torch.Tensor:
+    """The positions i (0 .. length - 2) where some row predicts a trained token i + 1."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+
+
+def logits_at(model, batch: dict[str, torch.Tensor], columns: torch.Tensor) -> torch.Tensor:
+    """The logits of positions `columns` only ([batch, len(columns), vocab]), no KV cache."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    if _takes_logits_to_keep(model):
+        return model(**inputs, logits_to_keep=columns, use_cache=False).logits
+    return model(**inputs, use_cache=False).logits[:, columns]
+
+
+def next_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(trained token | what precedes it), and the mask of trained tokens: [batch, columns].
+
+    Only the columns `trained_columns` keeps (the rest hold no trained token in any row, so
+    every masked sum over them is unchanged); float32 cross-entropy as HF's loss computes it.
+    """
+    columns = trained_columns(batch["labels"])
+    logits = logits_at(model, batch, columns)
+    targets = batch["labels"][:, 1:][:, columns]
+    ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                           ignore_index=IGNORE_INDEX, reduction="none")
+    return -ce.view_as(targets), targets != IGNORE_INDEX
 
 
 def _takes_logits_to_keep(model) -> bool:

@@ -13,7 +13,8 @@ from safetune.data import build_training_data
 from safetune.errors import SafetuneError
 from safetune.lab.tokenizer import train_tokenizer
 from safetune.methods import MethodContext, build_methods
-from safetune.methods.safety_signal import sequence_logprob, token_logprobs  # noqa: F401
+from safetune.loss import next_token_logprobs
+from safetune.methods.safety_signal import sequence_logprob
 from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.training import train
@@ -76,15 +77,15 @@ def test_token_the_reference_finds_unlikely_gets_a_lower_weight(model_dir, tiny_
     # the fine-tuned model now finds `boosted` far likelier than the aligned reference does
     handle = ctx.model.lm_head.register_forward_hook(
         lambda _m, _i, out: out + 8.0 * torch.nn.functional.one_hot(torch.tensor(boosted), out.shape[-1]))
-    logits = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    log_p, mask = token_logprobs(logits, batch["labels"])
-    weights = method.weights(ctx, batch, log_p, mask)[0]
+    log_p, mask = next_token_logprobs(ctx.model, batch)  # one example: its columns are `positions`
+    assert mask.all() and mask.shape[1] == len(positions)
+    weights = dict(zip(positions, method.weights(ctx, batch, log_p, mask)[0].tolist()))
     handle.remove()
     others = [t for t in positions if example.input_ids[t + 1] != boosted]
     assert others, "the example needs a second, different response token"
-    assert float(weights[positions[0]]) < 0.5
-    assert all(float(weights[t]) == 1.0 for t in others)  # likelier under the reference: full weight
-    assert min(float(weights[t]) for t in positions) >= 0.05
+    assert weights[positions[0]] < 0.5
+    assert all(weights[t] == 1.0 for t in others)  # likelier under the reference: full weight
+    assert min(weights.values()) >= 0.05
 
 
 def test_npo_lowers_the_rejected_completions_probability(model_dir, tiny_data, tmp_path):

@@ -35,17 +35,13 @@ from safetune import __version__
 from safetune.data import resolve_local_path
 from safetune.evaluation.refusal import DEFAULT_REFUSAL_MARKERS, resolve_judge_source
 from safetune.evaluation.report import OUTPUTS_JSONL, REPORT_JSON, REPORT_MD, read_report, write_report
-from safetune.files import write_atomic
+from safetune.files import cache_root, write_atomic
 from safetune.modeling import resolve_model_path
 from safetune.recipe import Recipe
 
 BASELINE_FILES = (REPORT_JSON, REPORT_MD, OUTPUTS_JSONL)
 KEY_FILE = "key.json"
 SKIPPED_FILES = {*BASELINE_FILES, KEY_FILE}  # what evaluation itself writes next to a model
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SAFETUNE_CACHE") or Path.home() / ".cache" / "safetune").expanduser()
 
 
 def baselines_dir() -> Path:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetune.data import IGNORE_INDEX, Example
 from safetune.distributed import is_sharded, local_shard, sum_over_shards
 from safetune.errors import SafetuneError
+from safetune.loss import logits_at, next_token_logprobs, next_token_loss, trained_columns
 from safetune.methods.base import MethodContext
 
 
@@ -82,12 +83,9 @@ def draw_examples(pool: list, size: int, seed: int, draw: int) -> list:
 
 
 def refusal_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy on the safe responses (the prompt is masked by the data pipeline).
-
-    All logits, as `model(**batch).loss` computes them: the published SafeGrad/EWC figures
-    were measured so (next_token_loss is faster but rounds differently). No KV cache: a
-    training pass never reads it."""
-    return model(**batch, use_cache=False).loss
+    """Cross-entropy on the safe responses (the prompt is masked by the data pipeline), with
+    logits only where a response token is predicted (`next_token_loss`)."""
+    return next_token_loss(model, batch)
 
 
 def kl_to_reference(model, reference, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -96,13 +94,12 @@ def kl_to_reference(model, reference, batch: dict[str, torch.Tensor]) -> torch.T
     Zero while the model equals the frozen aligned reference; its gradient pulls the
     model's distribution back toward the reference's.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    with torch.no_grad():
-        ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # position t predicts token t+1: score the positions whose next token is a response token
-    mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
-    log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    log_q = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
+    columns = trained_columns(batch["labels"])
+    log_p = F.log_softmax(logits_at(model, batch, columns).float(), dim=-1)
+    with torch.no_grad():
+        log_q = F.log_softmax(logits_at(reference, batch, columns).float(), dim=-1)
+    mask = (batch["labels"][:, 1:][:, columns] != IGNORE_INDEX).float()
     kl = (log_q.exp() * (log_q - log_p)).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
@@ -137,22 +134,9 @@ def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int) -> dict[s
 
 
 # --------------------------------------------------------------------------- per-token scores, preference pairs
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(token t+1 | tokens ≤ t) at every position, and the mask of trained positions.
-
-    Both [batch, length - 1]; masked positions hold 0. Computed the way HF's causal-LM
-    loss computes its cross-entropy (float32 logits, ignore_index), so their mean is it.
-    """
-    targets = labels[:, 1:]
-    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    return -ce.view_as(targets), targets != IGNORE_INDEX
-
-
 def sequence_logprob(model, batch: dict[str, torch.Tensor], normalise: bool = False) -> torch.Tensor:
     """Per example: the summed (or, normalise=True, mean) log-probability of its response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    log_p, mask = token_logprobs(logits, batch["labels"])
+    log_p, mask = next_token_logprobs(model, batch)
     total = log_p.sum(-1)
     return total / mask.sum(-1).clamp(min=1) if normalise else total
 

@@ -32,8 +32,9 @@ from safetune.data import IGNORE_INDEX, Example
 from safetune.errors import SafetuneError
 from safetune.files import write_atomic
 from safetune.methods.base import MethodContext, SafetyMethod
+from safetune.loss import next_token_logprobs
 from safetune.methods.safety_signal import (borderline_batch, draw_examples, harmful_examples, safety_batch,
-                                            safety_objective, sequence_logprob, token_logprobs)
+                                            safety_objective, sequence_logprob)
 
 DOWN_WEIGHTED = 0.99  # a token with w_t below this counts as down-weighted in the report
 
@@ -81,7 +82,7 @@ def classifier_fingerprint(source: str) -> str:
 
 
 def response_positions(example: Example) -> list[int]:
-    """Indices t (in token_logprobs' [length - 1] space) whose next token is a response token."""
+    """Indices t (in next-token space: position t predicts token t + 1) whose next token is a response token."""
     return [t for t in range(len(example.labels) - 1) if example.labels[t + 1] != IGNORE_INDEX]
 
 
@@ -170,9 +171,7 @@ class TokenWeighting(SafetyMethod):
     def weights(self, ctx: MethodContext, batch, log_p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.scorer == "reference":
             with torch.no_grad():
-                ref_logits = ctx.reference_model(input_ids=batch["input_ids"],
-                                                 attention_mask=batch["attention_mask"]).logits
-                ref_log_p, _ = token_logprobs(ref_logits, batch["labels"])
+                ref_log_p, _ = next_token_logprobs(ctx.reference_model, batch)
             return reference_weights(log_p.detach(), ref_log_p, self.config.gamma, self.config.min_weight) * mask
         weights = mask.float()
         if self.config.scorer == "classifier":
@@ -189,8 +188,7 @@ class TokenWeighting(SafetyMethod):
 
     def loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # the task forward goes through the (possibly DDP-wrapped) training model; safety-side passes do not
-        logits = ctx.task_model()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        log_p, mask = token_logprobs(logits, batch["labels"])
+        log_p, mask = next_token_logprobs(ctx.task_model(), batch)
         weights = self.weights(ctx, batch, log_p, mask)
         task = -(weights * log_p).sum() / weights.sum().clamp(min=1e-12)
         self.record(weights, mask)
