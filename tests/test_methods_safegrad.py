@@ -278,11 +278,21 @@ def test_update_space_amortised_safety_gradient(tiny_model_dir, tiny_data, tmp_p
     assert summary["space"] == "update" and summary["steps"] == 7 and summary["safety_gradients_computed"] == 3
 
 
-def test_update_space_resume_is_bit_identical(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    """The cached (averaged) safety gradient is checkpointed; θ_old is only held within a step."""
-    method = {"name": "safegrad", "space": "update", "safety_every": 2, "safety_average": 0.5}
-    whole = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "whole", method, "harmful",
-                                            max_steps=6)), show_progress=False)
+SEPARATE = {"safety_data": "refusals_and_borderline", "constraints": "separate"}
+
+
+@pytest.mark.parametrize("extra", [{}, SEPARATE], ids=["joint", "separate"])
+def test_update_space_resume_is_bit_identical(tiny_model_dir, tiny_data, tmp_path, monkeypatch, extra):
+    """The cached (averaged) safety gradient -- or the pair of them -- is checkpointed; θ_old
+    is only held within a step."""
+    method = {"name": "safegrad", "space": "update", "safety_every": 2, "safety_average": 0.5} | extra
+
+    def tree(out):
+        built = recipe_tree(tiny_model_dir, tiny_data, out, method, "harmful", max_steps=6)
+        built["data"]["borderline"] = {"path": str(write_jsonl(tmp_path / "borderline.jsonl", BORDERLINE))}
+        return built
+
+    whole = train(validate_tree(tree(tmp_path / "whole")), show_progress=False)
     calls = {"n": 0}
     real = SafeGrad.after_backward
 
@@ -293,7 +303,7 @@ def test_update_space_resume_is_bit_identical(tiny_model_dir, tiny_data, tmp_pat
         return real(self, ctx)
 
     monkeypatch.setattr(SafeGrad, "after_backward", interrupt_at_third)
-    recipe = validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "split", method, "harmful", max_steps=6))
+    recipe = validate_tree(tree(tmp_path / "split"))
     with pytest.raises(SafetuneError, match="interrupted at step 2/6"):
         train(recipe, show_progress=False)
     monkeypatch.setattr(SafeGrad, "after_backward", real)
