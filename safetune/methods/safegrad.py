@@ -65,7 +65,7 @@ def project_conflicting(
     """Remove the component of `vectors` along `safety` where they conflict.
 
     `safety` is one gradient (a list of tensors) or two constraint gradients (a pair of
-    such lists, see `constraints: separate` above; `project_two_constraints`).
+    such lists, see `constraints: separate` above; `project_pair`).
 
     `applied=False`: `vectors` are gradients (the step goes along -g): L_s rises by ≈ -g·s.
     `applied=True`: `vectors` are applied changes d: L_s rises by ≈ d·s.
@@ -79,13 +79,16 @@ def project_conflicting(
     FSDP shards: each rank computes the per-tensor sums over its shards and one all-reduce
     adds them up, so every rank finds the same coefficients and edits its own shards.
     """
-    if isinstance(safety[0], (list, tuple)):
-        return project_two_constraints(vectors, safety, mode, applied=applied, margin=margin, groups=groups,
-                                       target=target)
     sharded = is_sharded(vectors[0])
-    vectors, safety = [local_shard(v) for v in vectors], [local_shard(s) for s in safety]
+    vectors = [local_shard(v) for v in vectors]
     target = vectors if target is None else [local_shard(t) for t in target]
     sign = 1.0 if applied else -1.0  # L_s rises by ≈ sign · (v·s) along the step
+    if isinstance(safety[0], (list, tuple)):
+        first, second = ([local_shard(s) for s in part] for part in safety)
+        index, count = group_index(mode, len(vectors), groups, vectors[0].device)
+        return project_pair(vectors, first, second, target, sign=sign, margin=margin, index=index, count=count,
+                            sharded=sharded)
+    safety = [local_shard(s) for s in safety]
     # one tensor's product at a time: never a second copy of the whole gradient
     sums = torch.stack([torch.stack([(v * s).sum() for v, s in zip(vectors, safety)]).float(),
                         torch.stack(torch._foreach_norm(safety)).float() ** 2,
@@ -103,8 +106,7 @@ def project_conflicting(
         return {"cosine": cosine, "projected": conflict.float(), "removed_norm": coefficient.abs() * norm_sq.sqrt()}
     # grouped: each group of tensors gets its own coefficient from its own dot products
     device = dots.device
-    index = torch.arange(len(vectors), device=device) if groups is None else torch.tensor(groups, device=device)
-    count = len(vectors) if groups is None else max(groups) + 1
+    index, count = group_index(mode, len(vectors), groups, device)
     group_dots = torch.zeros(count, device=device).index_add_(0, index, dots)
     group_safety_sq = torch.zeros(count, device=device).index_add_(0, index, safety_sq)
     group_vector_sq = torch.zeros(count, device=device).index_add_(0, index, vector_sq)
@@ -121,17 +123,19 @@ def project_conflicting(
             "conflicting_groups": conflict.sum() / present.sum().clamp(min=1)}
 
 
-def project_two_constraints(
-    vectors: list[torch.Tensor],
-    safety: list[list[torch.Tensor]],
-    mode: str = "global",
-    *,
-    applied: bool = False,
-    margin: float = 0.0,
-    groups: list[int] | None = None,
-    target: list[torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """The step closest to the original for which neither safety loss rises (per group).
+def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tuple[torch.Tensor, int]:
+    """The group id of each tensor, and the number of groups (`global`: all in group 0)."""
+    if mode == "global":
+        return torch.zeros(tensors, dtype=torch.long, device=device), 1
+    if groups is None:
+        return torch.arange(tensors, device=device), tensors
+    return torch.tensor(groups, device=device), max(groups) + 1
+
+
+def project_pair(vectors, first, second, target, *, sign: float, margin: float, index: torch.Tensor, count: int,
+                 sharded: bool) -> dict[str, float]:
+    """The step closest to the original for which neither safety loss rises (per group):
+    `project_conflicting` with two constraint gradients `first` (s1) and `second` (s2).
 
     With u the step (u = -g for gradients, the change d itself when `applied`) and s1, s2
     the two safety gradients, L_i rises by ≈ u·s_i. Wanted: the nearest u' with
@@ -144,11 +148,6 @@ def project_two_constraints(
     constraints cannot both hold, e.g. s2 ≈ -s1 with a margin), the sum s1 + s2 is
     projected as one constraint (the `joint` rule). No host sync; FSDP shards as above.
     """
-    sharded = is_sharded(vectors[0])
-    vectors = [local_shard(v) for v in vectors]
-    first, second = ([local_shard(s) for s in part] for part in safety)
-    target = vectors if target is None else [local_shard(t) for t in target]
-    sign = 1.0 if applied else -1.0
     per_tensor = torch.stack([
         torch.stack([(v * s).sum() for v, s in zip(vectors, first)]),
         torch.stack([(v * s).sum() for v, s in zip(vectors, second)]),
@@ -158,12 +157,6 @@ def project_two_constraints(
         torch.stack(torch._foreach_norm(vectors)) ** 2,
     ]).float()
     per_tensor = sum_over_shards(per_tensor, sharded)
-    if mode == "global":
-        index = torch.zeros(len(vectors), dtype=torch.long, device=per_tensor.device)
-    else:
-        index = torch.arange(len(vectors), device=per_tensor.device) if groups is None else \
-            torch.tensor(groups, device=per_tensor.device)
-    count = 1 if mode == "global" else len(vectors) if groups is None else max(groups) + 1
     dot1, dot2, g11, g12, g22, vector_sq = torch.zeros(6, count, device=per_tensor.device).index_add_(
         1, index, per_tensor)
     e1 = sign * dot1 + margin * (vector_sq * g11).sqrt()
