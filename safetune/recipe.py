@@ -169,6 +169,9 @@ class SafeGradMethod(Section):
     safety_batch_size: int = Field(8, ge=1)
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
+    safety_tokens: int | None = Field(
+        None, ge=1, description="safety loss on the first k response tokens only (the refuse-or-answer decision)"
+    )
     constraints: Literal["joint", "separate"] = Field(
         "joint", description="one constraint on L(refusals) + w·L(borderline), or one on each (separate)"
     )

@@ -464,3 +464,44 @@ def test_separate_constraints_in_the_loop_keep_both_losses(aligned, tmp_path, mo
 
     summary = json.loads((result.run_dir / "summary.json").read_text())["methods"]["safegrad"]
     assert summary["constraints"] == "separate"
+
+
+@pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_dir"])
+def test_safety_tokens_is_the_loss_of_the_first_k_response_tokens(family, request, tmp_path):
+    """`safety_tokens: k` cuts each safety example after its first k response tokens: the
+    safety gradient equals that of the full examples with every later label masked, the
+    prompt is untouched, and exactly k tokens are trained per example."""
+    from safetune.data import IGNORE_INDEX
+    from safetune.methods.base import MethodContext
+    from safetune.methods.safety_signal import first_response_tokens, refusal_ce
+    from safetune.modeling import load_model, load_tokenizer
+    from safetune.recipe import ModelConfig
+
+    config = ModelConfig(path=str(request.getfixturevalue(family)))
+    model, tokenizer = load_model(config), load_tokenizer(config)
+    refusals = [{"prompt": f"How do I hurt person {i}?", "response": "I'm sorry, but I can't help with that. " * (1 + i % 3)}
+                for i in range(20)]
+    safety = chat_examples(refusals, tokenizer, "safety")
+    params = list(model.parameters())
+    k = 3
+
+    cut = first_response_tokens(safety, k)
+    for whole, part in zip(safety, cut):
+        start = next(i for i, label in enumerate(whole.labels) if label != IGNORE_INDEX)
+        assert part.input_ids == whole.input_ids[:start + k] and part.trained_tokens == k
+        assert whole.trained_tokens > k  # the cut removes something
+
+    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=None, device=torch.device("cpu"),
+                        run_dir=tmp_path, safety=safety, borderline=[], seed=3, step=5)
+    s_first = flat(SafeGrad(SafeGradMethod(name="safegrad", safety_batch_size=4, safety_tokens=k)).safety_gradient(ctx, params))
+
+    masked = []
+    for example in safety_batch(ctx, 4, draw=5):  # the same draw, later labels masked by hand
+        start = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+        labels = example.labels[:start + k] + [IGNORE_INDEX] * (len(example.labels) - start - k)
+        masked.append(type(example)(messages=example.messages, input_ids=example.input_ids, labels=labels))
+    grads = torch.autograd.grad(refusal_ce(model, ctx.batch_to_device(masked)), params, allow_unused=True)
+    s_masked = flat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+    assert torch.allclose(s_first, s_masked, rtol=1e-4, atol=1e-6)
+    s_whole = flat(SafeGrad(SafeGradMethod(name="safegrad", safety_batch_size=4)).safety_gradient(ctx, params))
+    assert (s_first - s_whole).norm() > 0.05 * s_whole.norm()

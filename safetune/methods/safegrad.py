@@ -303,7 +303,7 @@ class SafeGrad(SafetyMethod):
                 "projection": self.config.projection, "margin": self.config.margin,
                 "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
                 "safety_every": self.config.safety_every, "safety_data": self.config.safety_data,
-                "constraints": self.config.constraints}
+                "constraints": self.config.constraints, "safety_tokens": self.config.safety_tokens}
 
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.

@@ -6,6 +6,8 @@ detection (Fisher mass per layer), so each of them means the same thing by "safe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -35,15 +37,37 @@ def safety_objective(ctx: MethodContext, config, draw: int, method: str, split: 
 
     Each term is the mean over its own batch of `safety_batch_size` examples, so the answer
     lengths of one set do not change the weight of the other. `split=True` returns the two
-    terms, (L(refusals), w · L(borderline)), instead of their sum.
+    terms, (L(refusals), w · L(borderline)), instead of their sum. With `safety_tokens: k`
+    each example is cut after its first k response tokens (`first_response_tokens`).
     """
     kind = getattr(config, "safety_loss", "refusal_ce")
-    loss = safety_loss(ctx, ctx.batch_to_device(safety_batch(ctx, config.safety_batch_size, draw)), kind)
+    first = getattr(config, "safety_tokens", None)
+    refusals = first_response_tokens(safety_batch(ctx, config.safety_batch_size, draw), first)
+    loss = safety_loss(ctx, ctx.batch_to_device(refusals), kind)
     if config.safety_data == "refusals_and_borderline":
-        benign = ctx.batch_to_device(borderline_batch(ctx, config.safety_batch_size, draw, method))
+        benign = ctx.batch_to_device(first_response_tokens(borderline_batch(ctx, config.safety_batch_size, draw, method), first))
         borderline = config.borderline_weight * safety_loss(ctx, benign, kind)
         return (loss, borderline) if split else loss + borderline
     return loss
+
+
+def first_response_tokens(examples: list[Example], k: int | None) -> list[Example]:
+    """Each example cut after its first `k` response tokens (None: unchanged).
+
+    Whether a model refuses is decided in the first tokens of its answer ("I can't…" or
+    "Sure, …"; Qi et al. 2024, "Safety alignment should be made more than just a few tokens
+    deep"). A safety loss over those tokens only measures that decision, not how well the
+    rest of a refusal or of a benign answer is worded, and it costs a shorter sequence.
+    """
+    if k is None:
+        return examples
+    cut = []
+    for example in examples:
+        start = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), len(example.labels))
+        end = start + k
+        cut.append(replace(example, input_ids=example.input_ids[:end], labels=example.labels[:end],
+                           position_ids=example.position_ids[:end], _trained=None))
+    return cut
 
 
 def loss_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
