@@ -21,6 +21,8 @@ Options (both spaces):
   conflict when cos(step, -s) < m, projected so that cos(step, -s) = m afterwards
   (m = 0 is the plain rule).
 - `safety_every: k`: recompute s every k steps and reuse the cached s in between.
+- `safety_tokens: k`: L_s over the first k response tokens of each safety example only,
+  where the refuse-or-answer decision is made (`safety_signal.first_response_tokens`).
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
