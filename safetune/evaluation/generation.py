@@ -60,7 +60,7 @@ def chat_input_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> li
     """Each raw user prompt rendered with the chat template (one user turn) and tokenised."""
     rendered = [format_prompt(tokenizer, prompt) for prompt in prompts]
     # The chat template already placed any BOS it wants; don't let the tokenizer add another.
-    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
 
 
 @torch.no_grad()

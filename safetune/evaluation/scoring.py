@@ -9,7 +9,7 @@ both (strip, lowercase, collapse whitespace):
 
 `reference_loss` measures the same references without generating: the mean per-token
 negative log-likelihood of the reference answer given the prompt, tokenised exactly as
-training tokenises (data.tokenize_example), and its perplexity exp(loss).
+training tokenises (data.tokenize_all), and its perplexity exp(loss).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import re
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from safetune.data import IGNORE_INDEX, Example, collate, tokenize_example
+from safetune.data import Example, collate, tokenize_all
 from safetune.errors import SafetuneError
 from safetune.evaluation.generation import eval_mode
+from safetune.loss import next_token_logprobs
 
 
 def normalize(text: str) -> str:
@@ -70,27 +70,20 @@ def reference_loss(
     Returns {"loss", "perplexity", "tokens"}; loss and perplexity are None when no
     reference token fits in `max_seq_len`.
     """
-    examples = [
-        tokenize_example(
-            Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": reference}]),
-            tokenizer,
-            max_seq_len,
-        )
-        for prompt, reference in zip(prompts, references)
-    ]
-    examples = [e for e in examples if any(label != IGNORE_INDEX for label in e.labels)]
-    total_nll, total_tokens = 0.0, 0
+    chats = [Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": reference}])
+             for prompt, reference in zip(prompts, references)]
+    examples = tokenize_all(chats, tokenizer, max_seq_len)  # as training tokenises (and cached like it)
+    # similar lengths together: less padding (the sum does not depend on the order)
+    examples = sorted((e for e in examples if e.trained_tokens), key=lambda e: len(e.input_ids))
+    total_nll, total_tokens = torch.zeros((), dtype=torch.float64), 0
     with eval_mode(model):
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
             batch = {key: value.to(model.device) for key, value in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            # position t predicts token t+1
-            targets = batch["labels"][:, 1:]
-            total_nll += F.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-            ).item()
-            total_tokens += int((targets != IGNORE_INDEX).sum())
+            log_p, mask = next_token_logprobs(model, batch)  # logits only where a reference token is predicted
+            total_nll += -(log_p * mask).sum().double().cpu()
+            total_tokens += int(mask.sum())
+    total_nll = float(total_nll)
     if total_tokens == 0:
         return {"loss": None, "perplexity": None, "tokens": 0}
     loss = total_nll / total_tokens
