@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetune.data import IGNORE_INDEX, Example
 from safetune.distributed import is_sharded, local_shard, sum_over_shards
 from safetune.errors import SafetuneError
-from safetune.loss import logits_at, next_token_logprobs, next_token_loss, trained_columns
+from safetune.loss import next_token_logprobs, next_token_loss, trained_logits
 from safetune.methods.base import MethodContext
 
 
@@ -118,14 +118,12 @@ def kl_to_reference(model, reference, batch: dict[str, torch.Tensor]) -> torch.T
     Zero while the model equals the frozen aligned reference; its gradient pulls the
     model's distribution back toward the reference's.
     """
-    # position t predicts token t+1: score the positions whose next token is a response token
-    columns = trained_columns(batch["labels"])
-    log_p = F.log_softmax(logits_at(model, batch, columns).float(), dim=-1)
+    # the positions whose next token is a response token, [N, vocab] (`trained_logits`)
+    logits, _, _ = trained_logits(model, batch)
+    log_p = F.log_softmax(logits.float(), dim=-1)
     with torch.no_grad():
-        log_q = F.log_softmax(logits_at(reference, batch, columns).float(), dim=-1)
-    mask = (batch["labels"][:, 1:][:, columns] != IGNORE_INDEX).float()
-    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+        log_q = F.log_softmax(trained_logits(reference, batch)[0].float(), dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1).sum() / max(log_p.shape[0], 1)
 
 
 def safety_loss(ctx: MethodContext, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
