@@ -45,8 +45,8 @@ def safety_objective(ctx: MethodContext, config, draw: int, method: str, split: 
     refusals = first_response_tokens(safety_batch(ctx, config.safety_batch_size, draw), first)
     loss = safety_loss(ctx, ctx.batch_to_device(refusals), kind)
     if config.safety_data == "refusals_and_borderline":
-        benign = ctx.batch_to_device(first_response_tokens(borderline_batch(ctx, config.safety_batch_size, draw, method), first))
-        borderline = config.borderline_weight * safety_loss(ctx, benign, kind)
+        benign = first_response_tokens(borderline_batch(ctx, config.safety_batch_size, draw, method), first)
+        borderline = config.borderline_weight * safety_loss(ctx, ctx.batch_to_device(benign), kind)
         return (loss, borderline) if split else loss + borderline
     return loss
 
