@@ -67,7 +67,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tiny
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stderr.count("DDP wrappers alive when the group is destroyed: 0") == 2, two.stderr[-3000:]
     a, b = load_file(one.final_dir / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    # rounding only (two shards of 2 rows against one batch of 4), lifted by AdamW to ~2e-5
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [2, 3], "rank 0 alone writes the metrics"
     assert json.loads((tmp_path / "two" / "env.json").read_text())["processes"] == 2
@@ -236,4 +237,6 @@ def test_compile_trains_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path,
         finals[on] = load_file(train(validate_tree(tree), show_progress=False).final_dir / "model.safetensors")
     assert len(compiled) == 1, "compiled once, for the compile=True run"
     assert counter.frame_count >= 1, "the training forward ran through the compiled graph"
-    assert all(torch.allclose(finals[False][k], finals[True][k], atol=1e-5) for k in finals[False])
+    # float rounding only (the compiled forward computes the full logits, the eager one only the
+    # trained rows), which AdamW's normalisation lifts to ~3e-5 after 3 steps; a wrong step is ~1e-2
+    assert all(torch.allclose(finals[False][k], finals[True][k], atol=5e-5) for k in finals[False])
