@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -70,3 +72,36 @@ def test_cut_at_stop():
     assert _cut_at_stop([5, 6, 2, 0, 0], [2]) == [5, 6]
     assert _cut_at_stop([5, 6], [2]) == [5, 6]
     assert _cut_at_stop([2, 2], [2, 9]) == []
+
+
+def test_rows_still_going_continue_in_a_second_round(tiny, monkeypatch):
+    """A batch stops decoding once at most a quarter of its rows are still going; those rows
+    continue in a second round from what they generated. Answers as one round (one by one)."""
+    model, tokenizer = tiny
+    plain = generate_token_ids(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=1)
+
+    def lengths_if_stop(tokens_that_stop):  # the answers' lengths if these tokens also ended an answer
+        return [next((i for i, t in enumerate(tokens) if t in tokens_that_stop), len(tokens)) for tokens in plain]
+
+    def second_round_needed(lengths):  # 7 prompts in one batch: the first round stops at 1 row left
+        longest, second = sorted(lengths)[-1], sorted(lengths)[-2]
+        return second + 1 < longest  # the second-longest's stop token comes while the longest still goes
+
+    # tokens the random model emits, made stop tokens so that answers end at different lengths
+    emitted = sorted({t for tokens in plain for t in tokens} - {tokenizer.eos_token_id})
+    stops = next(pair for pair in itertools.combinations(emitted, 2) if second_round_needed(lengths_if_stop(pair)))
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, *stops])
+    one_by_one = generate_token_ids(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=1)
+    assert [len(t) for t in one_by_one] == lengths_if_stop(stops)
+
+    calls = []
+    real_generate = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        output = real_generate(self, *args, **kwargs)
+        calls.append(output.shape)
+        return output
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    assert generate_token_ids(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=8) == one_by_one
+    assert len(calls) == 2 and calls[1][0] == 1, "the longest answer went on alone in a second round"
