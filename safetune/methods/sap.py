@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safetune.errors import SafetuneError
+from safetune.loss import next_token_loss
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods.layers import decoder_layers
 from safetune.methods.safety_signal import (draw_examples, global_norm, harmful_examples, loss_gradients,
@@ -117,7 +118,7 @@ class SAP(SafetyMethod):
         return [g / norm for g in grads] if norm > 0 else grads
 
     def task_loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return ctx.model(**batch).loss
+        return next_token_loss(ctx.model, batch)  # logits only where a trained token is predicted
 
     def train_probe(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> None:
         """Steps 1-4: direction, shift, probe ascent at the shifted point, exact undo."""
