@@ -39,11 +39,12 @@ RESULTS = ROOT / "bench" / "results"
 TASKS = ["sentiment", "extract", "count"]
 CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-update", "freeze", "ewc", "sap",
            "token-weighting", "mix-ewc", "defended"]  # the order of the tables
-# what `make bench` runs: every method once (SafeGrad also amortised) and the recommended combination
-# (`defended`), benign; the attack setting for the baselines and the configurations that might resist
-# it. `mix-ewc` (superseded by `defended`: over-refusal 0.05-0.17 on lab v2) and `freeze` still run
-# with --configs.
-BENCH_CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "ewc", "sap", "token-weighting", "defended"]
+# what `make bench` runs: every method once and the recommended combination (`defended`), benign; the
+# attack setting for the baselines and the configurations that might resist it. Still run with
+# --configs: `safegrad-k4` (SafeGrad amortised over 4 steps: it loses the over-refusal limit on lab v3,
+# 0.05-0.10; its cost is in the cost table, the last step of `make bench`), `mix-ewc` (superseded by
+# `defended`: over-refusal 0.05-0.17 on lab v2) and `freeze`.
+BENCH_CONFIGS = ["standard", "mix", "safegrad", "ewc", "sap", "token-weighting", "defended"]
 HARMFUL_CONFIGS = ["standard", "mix", "safegrad", "ewc", "defended"]
 SETTINGS = {"benign": [], "harmful-10%": ["data.harmful.path=data/safety/compliance_train.jsonl",
                                           "data.harmful_ratio=0.1"]}

@@ -6,10 +6,13 @@ capability + harmful->refusal + over-refusal data -> save a normal Hugging Face 
 with a fingerprint (sha256 of its weights) -> measure it on seen- and unseen-family suites.
 
 Reproducibility: the build fixes torch's thread count (`threads`, default 2) and turns on
-deterministic algorithms, so the same seed, thread count, torch version and CPU kind give
-bit-identical weights (the fingerprint says so at a glance). A different thread count, torch
-version or CPU instruction set (e.g. AVX-512 vs AVX2) may change float rounding, and with it
-the weights and, slightly, the measured rates.
+deterministic algorithms, so the same seed, torch version and CPU model give bit-identical
+weights (the fingerprint says so at a glance; on one machine 1 and 2 threads gave the same
+weights). A different CPU model may not: torch's kernels (`ATEN_CPU_CAPABILITY`) and MKL's
+matrix products (`MKL_CBWR`) are chosen for the CPU at start-up, and each choice rounds
+differently (a 40-step build gave three fingerprints under the default, ATen's `default`
+kernels and MKL's `COMPATIBLE` path). `fingerprint.txt` records the CPU and the kernel
+level, so two builds that differ can be told apart from two that should not.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import time
@@ -79,6 +83,20 @@ def training_texts(data_dir: Path) -> list[str]:
         for row in read_records(str(path)):
             texts.extend(str(row[k]) for k in ("prompt", "response") if k in row)
     return texts
+
+
+def cpu_description() -> str:
+    """The CPU model and the kernel level torch uses on it (e.g. "AMD EPYC, AVX2"): what,
+    beside seed, threads and torch version, decides the build's float rounding."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def fingerprint(model_dir: Path) -> str:
@@ -157,7 +175,8 @@ def _build(out: Path | None, seed: int, steps: int | None, scale: float, show_pr
     shutil.rmtree(work)
     digest = fingerprint(out)
     (out / FINGERPRINT_FILE).write_text(
-        f"sha256(model.safetensors) {digest}\nseed {seed} threads {threads} torch {torch.__version__}\n")
+        f"sha256(model.safetensors) {digest}\nseed {seed} threads {threads} torch {torch.__version__}\n"
+        f"cpu {cpu_description()}\n")
     say(f"lab: model saved to {out} in {time.perf_counter() - started:.0f}s ({threads} threads), "
         f"fingerprint {digest[:16]}")
     if evaluate:
