@@ -148,7 +148,7 @@ class MixMethod(Section):
 
 # What a method's safety objective covers: refusals only, or also data.borderline's normal
 # answers (so keeping refusals does not teach refusing benign look-alikes). Shared by
-# safegrad and token_weighting: L_s = L(refusals) + borderline_weight · L(borderline).
+# safegrad, token_weighting and ewc (its Fisher): L_s = L(refusals) + borderline_weight · L(borderline).
 SafetyData = Literal["refusals", "refusals_and_borderline"]
 SAFETY_DATA_FIELD = Field("refusals", description="refusals only, or also data.borderline's normal answers")
 BORDERLINE_WEIGHT_FIELD = Field(1.0, gt=0.0, description="L_s = L_refusals + w · L_borderline")
@@ -212,6 +212,9 @@ class EWCMethod(Section):
     strength: float = Field(1000.0, gt=0.0, description="lambda")
     fisher_samples: int = Field(128, ge=1)
     fisher_batch_size: int = Field(8, ge=1)
+    # also anchor what answers benign look-alikes: F = F(refusals) + w · F(borderline)
+    safety_data: SafetyData = SAFETY_DATA_FIELD
+    borderline_weight: float = BORDERLINE_WEIGHT_FIELD
 
 
 class SAPMethod(Section):

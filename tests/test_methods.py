@@ -12,7 +12,7 @@ from safetune.methods import MethodContext, build_methods
 from safetune.methods import layers as detection
 from safetune.methods.ewc import EWC
 from safetune.methods.safegrad import SafeGrad, project_conflicting
-from safetune.methods.safety_signal import kl_to_reference, safety_batch
+from safetune.methods.safety_signal import diagonal_fisher, kl_to_reference, safety_batch
 from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import EWCMethod, ModelConfig, SafeGradMethod, SourceConfig, validate_tree
 from safetune.training import train
@@ -254,6 +254,25 @@ def test_ewc_fisher_cached_and_reused(tiny_model_dir, tiny_data, tmp_path, monke
     second = EWC(EWCMethod(name="ewc", fisher_samples=16))
     second.setup(ctx)
     assert all(torch.equal(first.fisher[k], second.fisher[k]) for k in first.fisher)
+
+
+def test_ewc_borderline_fisher_adds_the_benign_answers_fisher(tiny_model_dir, tiny_data, tmp_path):
+    # safety_data: refusals_and_borderline anchors F(refusals) + w * F(borderline), term by term
+    ctx = context(tiny_model_dir, tiny_data, tmp_path)
+    rows = [{"prompt": f"How do I kill process {i}?", "response": f"Run kill {i}."} for i in range(16)]
+    path = tmp_path / "borderline.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx.borderline = tokenize_all(load_examples(SourceConfig(path=str(path)), "data.borderline", "borderline"),
+                                  ctx.tokenizer, 64)
+    refusals = diagonal_fisher(ctx, 16, 8)
+    benign = diagonal_fisher(ctx, 16, 8, borderline=True)
+    method = EWC(EWCMethod(name="ewc", fisher_samples=16, safety_data="refusals_and_borderline", borderline_weight=0.5))
+    method.setup(ctx)
+    for name in method.names:
+        assert torch.allclose(method.fisher[name], refusals[name] + 0.5 * benign[name], rtol=1e-5, atol=1e-12)
+    # the benign answers' Fisher is not the refusals' one: it anchors other weights as well
+    assert not torch.allclose(flat(refusals.values()), flat(benign.values()))
+    assert method.summary()["safety_data"] == "refusals_and_borderline"
 
 
 def test_ewc_keeps_weights_closer_to_aligned(tiny_model_dir, tiny_data, tmp_path):

@@ -1,7 +1,9 @@
 """EWC toward the aligned weights (Kirkpatrick et al. 2017, as used in safety fine-tuning).
 
 loss = task_loss + λ Σ_i F_i (θ_i - θ_safe_i)², with F the diagonal Fisher of the refusal
-loss at the aligned weights and θ_safe the weights before fine-tuning. Both are kept for
+loss at the aligned weights (with `safety_data: refusals_and_borderline`, plus w times the
+Fisher of data.borderline's normal answers, so the weights that answer benign look-alikes
+are anchored too) and θ_safe the weights before fine-tuning. Both are kept for
 trainable parameters only. F is cached in the run directory so a resume reuses it.
 
 The penalty's gradient, 2λ F (θ - θ_safe), is known in closed form, so it is added to
@@ -37,7 +39,7 @@ class EWC(SafetyMethod):
             self.fisher = {k: distribute_like(v.to(ctx.device), by_name.get(k)) for k, v in load_file(cache).items()}
             ctx.log(f"ewc: reusing the Fisher cached in {cache}")
         else:
-            self.fisher = diagonal_fisher(ctx, self.config.fisher_samples, self.config.fisher_batch_size)
+            self.fisher = self.compute_fisher(ctx)
             ctx.broadcast_tensors(list(self.fisher.values()))  # one Fisher for all ranks
             whole = gather_full(self.fisher)  # FSDP: every rank takes part; plain tensors pass through
             if ctx.run_dir.is_dir() and ctx.is_main:
@@ -48,6 +50,20 @@ class EWC(SafetyMethod):
         self.tensors = [self.parameters[n] for n in self.names]
         self.anchors = [self.anchor[n] for n in self.names]
         self.fishers = [self.fisher[n] for n in self.names]
+
+    def compute_fisher(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        """F(refusals), plus w · F(borderline) with safety_data: refusals_and_borderline.
+
+        A sum of the two Fishers, not the Fisher of the summed loss: each set's squared
+        gradients count on their own, and neither cancels the other's.
+        """
+        config = self.config
+        fisher = diagonal_fisher(ctx, config.fisher_samples, config.fisher_batch_size)
+        if config.safety_data == "refusals_and_borderline":
+            benign = diagonal_fisher(ctx, config.fisher_samples, config.fisher_batch_size, borderline=True)
+            for name, value in benign.items():
+                fisher[name].add_(value, alpha=config.borderline_weight)
+        return fisher
 
     def penalty(self) -> torch.Tensor:
         """λ Σ F (θ - θ_safe)²: the value (reported); its gradient goes in through after_backward."""
@@ -69,4 +85,4 @@ class EWC(SafetyMethod):
     def summary(self) -> dict:
         with torch.no_grad():
             return {"strength": self.config.strength, "final_penalty": float(full_tensor(self.penalty())),
-                    "fisher_samples": self.config.fisher_samples}
+                    "fisher_samples": self.config.fisher_samples, "safety_data": self.config.safety_data}

@@ -134,11 +134,12 @@ def safety_loss(ctx: MethodContext, batch: dict[str, torch.Tensor], kind: str) -
     return refusal_ce(ctx.model, batch)
 
 
-def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int) -> dict[str, torch.Tensor]:
+def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int, borderline: bool = False) -> dict[str, torch.Tensor]:
     """Mean squared gradient of the refusal loss, per trainable parameter.
 
     Computed over micro-batches of `batch_size` safety examples (an empirical Fisher at
     batch granularity: cheaper than per-example gradients, same ranking in practice).
+    `borderline=True`: the same for the loss of data.borderline's normal answers.
     """
     params = ctx.trainable_parameters()
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params}
@@ -146,8 +147,10 @@ def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int) -> dict[s
     was_training = ctx.model.training
     ctx.model.eval()  # no dropout noise in the estimate
     for index in range(batches):
-        batch = ctx.batch_to_device(safety_batch(ctx, batch_size, draw=-(index + 1)))
-        loss = refusal_ce(ctx.model, batch)
+        draw = -(index + 1)
+        examples = (borderline_batch(ctx, batch_size, draw, "ewc") if borderline
+                    else safety_batch(ctx, batch_size, draw))
+        loss = refusal_ce(ctx.model, ctx.batch_to_device(examples))
         grads = loss_gradients(loss, [p for _, p in params])
         for (name, _), grad in zip(params, grads):
             fisher[name] += grad.float() ** 2 / batches
