@@ -175,11 +175,16 @@ class SafeGradMethod(Section):
     constraints: Literal["joint", "separate"] = Field(
         "joint", description="one constraint on L(refusals) + w·L(borderline), or one on each (separate)"
     )
+    borderline_margin: float | None = Field(
+        None, ge=0.0, lt=1.0, description="separate constraints: the borderline constraint's margin (default: margin)"
+    )
 
     @model_validator(mode="after")
     def _separate_needs_borderline(self) -> "SafeGradMethod":
         if self.constraints == "separate" and self.safety_data != "refusals_and_borderline":
             raise ValueError("constraints: separate needs safety_data: refusals_and_borderline (two losses to keep)")
+        if self.borderline_margin is not None and self.constraints != "separate":
+            raise ValueError("borderline_margin needs constraints: separate (a margin of its own for the borderline loss)")
         return self
 
 

@@ -414,10 +414,12 @@ def test_separate_constraints_give_the_nearest_step_that_raises_neither_loss(see
     if seed % 3 == 0:  # nearly opposed constraints: both active at once
         s2 = [-0.7 * a + 0.4 * b for a, b in zip(s1, s2)]
     margin = 0.1 if seed % 2 else 0.0
+    second = [None, 0.3, 0.0][seed % 3] if seed >= 6 else None  # borderline_margin: its own margin
+    margins = (margin, margin if second is None else second)
     sign = 1.0 if applied else -1.0
     u = sign * flat(v)  # the step
-    allowed = [-margin * float(u.norm() * flat(s).norm()) for s in (s1, s2)]
-    project_conflicting(v, [s1, s2], applied=applied, margin=margin)
+    allowed = [-m * float(u.norm() * flat(s).norm()) for m, s in zip(margins, (s1, s2))]
+    project_conflicting(v, [s1, s2], applied=applied, margin=margin, second_margin=second)
     kkt_holds(u, sign * flat(v), flat(s1), flat(s2), allowed)
 
 
@@ -435,6 +437,9 @@ def test_separate_constraints_need_the_borderline_term():
     with pytest.raises(RecipeError, match=r"method\[safegrad\].*constraints: separate needs safety_data"):
         validate_tree({"model": {"path": "x"}, "data": {"train": {"path": "t.jsonl"}, "safety": {"path": "s.jsonl"}},
                        "method": {"name": "safegrad", "constraints": "separate"}, "train": {"max_steps": 1}})
+    with pytest.raises(RecipeError, match=r"method\[safegrad\].*borderline_margin needs constraints: separate"):
+        validate_tree({"model": {"path": "x"}, "data": {"train": {"path": "t.jsonl"}, "safety": {"path": "s.jsonl"}},
+                       "method": {"name": "safegrad", "borderline_margin": 0.3}, "train": {"max_steps": 1}})
 
 
 def test_separate_constraints_in_the_loop_keep_both_losses(aligned, tmp_path, monkeypatch):

@@ -61,13 +61,15 @@ def project_conflicting(
     *,
     applied: bool = False,
     margin: float = 0.0,
+    second_margin: float | None = None,
     groups: list[int] | None = None,
     target: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Remove the component of `vectors` along `safety` where they conflict.
 
     `safety` is one gradient (a list of tensors) or two constraint gradients (a pair of
-    such lists, see `constraints: separate` above; `project_pair`).
+    such lists, see `constraints: separate` above; `project_pair`); `second_margin` is the
+    second constraint's margin (default: `margin`).
 
     `applied=False`: `vectors` are gradients (the step goes along -g): L_s rises by ≈ -g·s.
     `applied=True`: `vectors` are applied changes d: L_s rises by ≈ d·s.
@@ -88,7 +90,8 @@ def project_conflicting(
     if isinstance(safety[0], (list, tuple)):
         first, second = ([local_shard(s) for s in part] for part in safety)
         index, count = group_index(mode, len(vectors), groups, vectors[0].device)
-        return project_pair(vectors, first, second, target, sign=sign, margin=margin, index=index, count=count,
+        margins = (margin, margin if second_margin is None else second_margin)
+        return project_pair(vectors, first, second, target, sign=sign, margins=margins, index=index, count=count,
                             sharded=sharded)
     safety = [local_shard(s) for s in safety]
     # one tensor's product at a time: never a second copy of the whole gradient
@@ -134,14 +137,14 @@ def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tu
     return torch.tensor(groups, device=device), max(groups) + 1
 
 
-def project_pair(vectors, first, second, target, *, sign: float, margin: float, index: torch.Tensor, count: int,
-                 sharded: bool) -> dict[str, float]:
+def project_pair(vectors, first, second, target, *, sign: float, margins: tuple[float, float], index: torch.Tensor,
+                 count: int, sharded: bool) -> dict[str, float]:
     """The step closest to the original for which neither safety loss rises (per group):
     `project_conflicting` with two constraint gradients `first` (s1) and `second` (s2).
 
     With u the step (u = -g for gradients, the change d itself when `applied`) and s1, s2
     the two safety gradients, L_i rises by ≈ u·s_i. Wanted: the nearest u' with
-    u'·s_i ≤ a_i = -margin·‖u‖·‖s_i‖ for both i. The answer is u' = u - λ1·s1 - λ2·s2 with
+    u'·s_i ≤ a_i = -m_i·‖u‖·‖s_i‖ for both i (margins m_1, m_2). The answer is u' = u - λ1·s1 - λ2·s2 with
     λ ≥ 0 (KKT); with e_i = u·s_i - a_i (> 0: violated) and G the Gram matrix of s1, s2:
       {}      λ = 0                        valid when e ≤ 0
       {i}     λ_i = e_i / G_ii             valid when e_i > 0 and the other stays met
@@ -161,8 +164,9 @@ def project_pair(vectors, first, second, target, *, sign: float, margin: float, 
     per_tensor = sum_over_shards(per_tensor, sharded)
     dot1, dot2, g11, g12, g22, vector_sq = torch.zeros(6, count, device=per_tensor.device).index_add_(
         1, index, per_tensor)
-    e1 = sign * dot1 + margin * (vector_sq * g11).sqrt()
-    e2 = sign * dot2 + margin * (vector_sq * g22).sqrt()
+    margin1, margin2 = margins
+    e1 = sign * dot1 + margin1 * (vector_sq * g11).sqrt()
+    e2 = sign * dot2 + margin2 * (vector_sq * g22).sqrt()
     present1, present2 = g11 > 0, g22 > 0
     tolerance = 1e-6 * (e1.abs() + e2.abs() + 1e-30)
     zero, inf = torch.zeros_like(e1), torch.full_like(e1, float("inf"))
@@ -188,7 +192,7 @@ def project_pair(vectors, first, second, target, *, sign: float, margin: float, 
     # neither set valid: the joint rule on s1 + s2
     stuck = torch.isinf(costs.min(dim=0).values)
     joint_sq = g11 + 2 * g12 + g22
-    joint_e = sign * (dot1 + dot2) + margin * (vector_sq * joint_sq).sqrt()
+    joint_e = sign * (dot1 + dot2) + margin1 * (vector_sq * joint_sq).sqrt()
     joint = torch.where((joint_e > 0) & (joint_sq > 0), joint_e / joint_sq.clamp(min=1e-30), zero)
     lambda1, lambda2 = torch.where(stuck, joint, lambda1), torch.where(stuck, joint, lambda2)
     # u' = u - λ1 s1 - λ2 s2, i.e. v' = v - sign·(λ1 s1 + λ2 s2) for v = sign·u
@@ -268,7 +272,8 @@ class SafeGrad(SafetyMethod):
 
     def project(self, vectors, *, applied: bool, target=None) -> dict[str, float]:
         stats = project_conflicting(vectors, self.cached, self.config.projection, applied=applied,
-                                    margin=self.config.margin, groups=self.groups, target=target)
+                                    margin=self.config.margin, second_margin=self.config.borderline_margin,
+                                    groups=self.groups, target=target)
         self.steps += 1
         self.projections = self.projections + stats["projected"]  # a tensor: summed without a host sync
         return {f"safegrad/{key}": value for key, value in stats.items()}
