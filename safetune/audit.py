@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -131,17 +131,21 @@ def load_judge(config, device):
 
 
 def audit_training_data(recipe, data: TrainingData, model, tokenizer, *, device: torch.device | str = "cpu",
-                        run_dir: Path | None = None, log: Callable[[str], None] = print) -> dict | None:
+                        run_dir: Path | None = None, log: Callable[[str], None] = print,
+                        broadcast: Callable[[Any], Any] = lambda value: value, write: bool = True) -> dict | None:
     """Audit `data.train` as `recipe.data.audit` says, drop flagged rows (action: drop), write the report.
 
     Call with the aligned model, before the batch schedule is built from `data.train`.
     `run_dir=None` (dry run) writes nothing. Returns the report's counts (for summary.json).
+    An FSDP-sharded model runs on every rank at once: call this on every rank, with
+    `broadcast` (rank 0's value everywhere, so all ranks agree on reusing a cached report
+    and make the same model passes) and `write=False` on all but rank 0.
     """
     config = recipe.data.audit
     if config is None:
         return None
     examples = data.train
-    cached = _cached_report(run_dir, examples, config)
+    cached = broadcast(_cached_report(run_dir, examples, config))
     if cached is not None:
         report = cached
         log(f"data audit: reusing {run_dir / AUDIT_FILE}")
@@ -158,7 +162,7 @@ def audit_training_data(recipe, data: TrainingData, model, tokenizer, *, device:
     too_many = len(flagged) > config.max_flagged * len(examples)
     report["dropped"] = len(flagged) if config.action == "drop" and not too_many else 0
     report["kept"] = len(examples) - report["dropped"]
-    if run_dir is not None:  # written first, so the rows behind an error can be inspected
+    if run_dir is not None and write:  # written first, so the rows behind an error can be inspected
         write_atomic(run_dir / AUDIT_FILE, json.dumps(report, indent=2))
     if too_many:
         by_check = ", ".join(f"{name} {count}" for name, count in report["by_check"].items())

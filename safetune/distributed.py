@@ -9,7 +9,9 @@ by `train.distributed.strategy`:
 - `fsdp`: torch's FSDP2 (`fully_shard`, each decoder layer and then the whole model).
   Parameters, gradients and optimizer state are sharded across ranks (DTensors, split
   along dim 0); a layer's full weights exist only while it computes. For models that do
-  not fit one device. `accelerate launch --use_fsdp` selects it too.
+  not fit one device. `accelerate launch --use_fsdp` selects it too. Rank 0 alone reads
+  the weights (into CPU memory); the others build the model on the meta device and
+  receive only their shards (`load_shards`).
 
 There is no second training loop: `Trainer` asks this module who it is (rank, world size)
 and the rest of the loop is the same on 1..N processes.
@@ -130,8 +132,45 @@ class Distributed:
         _, blocks = decoder_layers(model)
         for block in blocks:
             fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        # LoRA: the root is the transformers model inside peft's wrapper (which has no parameters of
+        # its own): peft's generate() calls that model directly, past the wrapper's forward
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        fully_shard(root, mesh=mesh)
         return model
+
+    def load_shards(self, model: torch.nn.Module, whole: dict[str, torch.Tensor] | None,
+                    buffers: dict[str, torch.Tensor] | None, device: torch.device) -> torch.nn.Module:
+        """FSDP without a whole copy per rank: shard `model` (built on the meta device), then fill
+        every rank's shards from rank 0's whole weights, one tensor at a time.
+
+        `whole` (the state dict) and `buffers` (every buffer: non-persistent ones such as
+        RoPE's `inv_freq` are in no state dict) are read on rank 0 only; pass None elsewhere.
+        torch's `set_model_state_dict(broadcast_from_rank0=True)` sends each tensor and
+        keeps this rank's slice, so no rank ever holds more than one whole tensor beyond its
+        shards (rank 0's CPU copy aside).
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        self.shard_model(model, device)
+        model.to_empty(device=device)  # this rank's shards, allocated, not yet filled
+        set_model_state_dict(model, dict(whole) if self.is_main else {},  # a copy: torch edits the dict it gets
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if self.is_main:
+                    buffer.copy_(buffers[name])
+                dist.broadcast(buffer, src=0)
+        return model
+
+    def reshard(self, model: torch.nn.Module) -> None:
+        """FSDP2 keeps the root's parameters gathered after a forward with no backward (e.g. the
+        baseline evaluation's generation): shard them again, so methods set up on DTensors."""
+        if self.sharded:
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in model.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The module the task forward pass goes through: DDP when distributed, else the model
@@ -147,6 +186,11 @@ class Distributed:
         """Does this rank run model passes that rank 0 needs (probes, evaluation)? Only under FSDP."""
         return self.is_main or self.sharded
 
+    def agree(self, value):
+        """Rank 0's `value` on every rank that runs model passes: under FSDP all of them must take
+        the same branch (e.g. reuse a cached evaluation or run it); elsewhere rank 0 is alone."""
+        return self.broadcast(value) if self.sharded else value
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -156,7 +200,7 @@ class Distributed:
 def is_fsdp_model(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return any(isinstance(module, FSDPModule) for module in model.modules())  # (LoRA: inside peft's wrapper)
 
 
 def is_sharded(tensor) -> bool:

@@ -168,6 +168,28 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
     return model.to(device)
 
 
+def build_empty_model(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
+    """The model `load_model` returns, built on the meta device: its structure, no weights read.
+
+    For FSDP, where no process may hold the whole model on its device: every rank builds
+    this, shards it, and receives its shards of the weights rank 0 read
+    (`Distributed.load_shards`). `dtype` is the loaded model's, so the shapes and dtypes
+    match what rank 0 sends.
+    """
+    from transformers import AutoConfig
+
+    source = model_source(config)
+    try:
+        model_config = AutoConfig.from_pretrained(source, revision=config.revision,
+                                                  trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UsageError(_not_available(source, err)) from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                 trust_remote_code=config.trust_remote_code)
+    return model.eval()  # as from_pretrained returns it
+
+
 def add_lora(model: PreTrainedModel, config: ModelConfig):
     """Wrap the model with trainable LoRA adapters; the base weights are frozen by peft."""
     from peft import LoraConfig, get_peft_model

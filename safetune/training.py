@@ -40,7 +40,8 @@ from safetune.files import write_atomic
 from safetune.loss import next_token_loss
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.metrics import MetricsLog, trim_after
-from safetune.modeling import add_lora, load_model, load_tokenizer, load_trained_weights, model_source, pick_device
+from safetune.modeling import (add_lora, build_empty_model, load_model, load_tokenizer, load_trained_weights,
+                               model_source, pick_device)
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
@@ -186,13 +187,15 @@ class Trainer:
         seed_everything(recipe.train.seed)  # the same on every rank: model set-up must not differ
         self.device = pick_device(recipe.train.device)
 
-        # model, tokenizer, data
+        # model (+ a frozen aligned copy if a method needs one), tokenizer, data
         self.tokenizer = load_tokenizer(recipe.model)
-        self.model = load_model(recipe.model, device=self.device)
-        if recipe.model.lora:
-            self.model = add_lora(self.model, recipe.model)
-        if recipe.train.gradient_checkpointing:
-            enable_gradient_checkpointing(self.model)
+        self.methods: list[SafetyMethod] = build_methods(recipe.method)
+        wants_reference = any(m.needs_reference_model for m in self.methods)
+        if self.dist.sharded:  # FSDP: sharded from the start; no rank holds the whole model on its device
+            self.model, reference = self.load_sharded_model(wants_reference)
+        else:
+            self.model = self.prepare_model(load_model(recipe.model, device=self.device))
+            reference = copy.deepcopy(self.model).eval().requires_grad_(False) if wants_reference else None
         self.data = build_training_data(recipe.data, self.tokenizer, recipe.train.seed)
         if self.dist.is_main:
             for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
@@ -200,9 +203,10 @@ class Trainer:
         # first, while the model is the aligned one: a data audit may drop harmful rows from data.train
         # (rank 0 audits; the others keep exactly the rows it kept)
         everything = self.data.train
-        if self.dist.is_main:
+        if self.dist.mirrored():
             self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
-                                             run_dir=None if dry_run else self.run_dir, log=self.say)
+                                             run_dir=None if dry_run else self.run_dir, log=self.say,
+                                             broadcast=self.dist.agree, write=self.dist.is_main)
         position = {id(example): i for i, example in enumerate(everything)}
         kept = self.dist.broadcast([position[id(e)] for e in self.data.train] if self.dist.is_main else None)
         self.audit = self.dist.broadcast(self.audit if self.dist.is_main else None)
@@ -217,18 +221,13 @@ class Trainer:
         self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch)
 
         # the untouched model's safety, so the final report can say what was kept
-        if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.is_main:
-            ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress)
+        if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.mirrored():
+            ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress, self.dist)
+        self.dist.reshard(self.model)
         self.dist.barrier()
         self._segment_start = time.perf_counter()  # wall time: method setup + training, not the baseline
 
         # safety methods (they may freeze parameters, so before the optimizer)
-        self.methods: list[SafetyMethod] = build_methods(recipe.method)
-        reference = None
-        if any(m.needs_reference_model for m in self.methods):  # a whole, unsharded copy
-            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        # FSDP: shard now, so methods set up on (and the optimizer holds) the sharded parameters
-        self.model = self.dist.shard_model(self.model, self.device)
         self.ctx = MethodContext(
             model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
             safety=self.data.safety, borderline=self.data.borderline, train_examples=self.data.train,
@@ -279,6 +278,40 @@ class Trainer:
             # from here on randomness (dropout) differs per rank, as each rank sees other examples;
             # a resumed rank 0 continues with the generators saved in its checkpoint
             torch.manual_seed(recipe.train.seed * 1000 + self.dist.rank + self.state.step * 7919)
+
+    def prepare_model(self, model):
+        """LoRA adapters and gradient checkpointing, as the recipe asks."""
+        if self.recipe.model.lora:
+            model = add_lora(model, self.recipe.model)
+        if self.recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+
+    def load_sharded_model(self, wants_reference: bool):
+        """FSDP: rank 0 alone reads the weights (into CPU memory); every rank builds the model on
+        the meta device, shards it and receives its shards from rank 0 (`Distributed.load_shards`).
+        The frozen reference copy, if a method wants one, is sharded the same way.
+
+        Rank 0 makes its LoRA adapters (random init) exactly as one process would, and every
+        rank then continues from rank 0's random state: the run is the 1-process run's.
+        """
+        recipe, dist = self.recipe, self.dist
+        whole = buffers = dtype = None
+        if dist.is_main:
+            loaded = self.prepare_model(load_model(recipe.model, device="cpu"))
+            whole, buffers = loaded.state_dict(), dict(loaded.named_buffers())
+            dtype = next(loaded.parameters()).dtype
+            del loaded
+        dtype = dist.broadcast(dtype)
+        random_state = dist.broadcast(torch.get_rng_state())  # rank 0's, as one process has it now
+        models = []
+        for _ in range(2 if wants_reference else 1):
+            model = self.prepare_model(build_empty_model(recipe.model, dtype))
+            models.append(dist.load_shards(model, whole, buffers, self.device))
+        del whole, buffers
+        torch.set_rng_state(random_state)  # building (e.g. LoRA's init of what is then overwritten) drew from it
+        reference = models[1].eval().requires_grad_(False) if wants_reference else None
+        return models[0], reference
 
     # ----------------------------------------------------------------------- state
     def capture_state(self) -> dict:
@@ -731,17 +764,21 @@ def _install_sigterm(stop: dict):
 
 
 # --------------------------------------------------------------------------- evaluation glue
-def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool) -> None:
+def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool,
+                    dist: Distributed | None = None) -> None:
     """Evaluate the untouched model into <run>/baseline/ unless `safetune baseline` already did.
 
     run_baseline copies a cached evaluation of the same model and eval settings instead
-    when there is one (and says so).
+    when there is one (and says so). Called on the ranks that run model passes
+    (`dist.mirrored()`): rank 0, or every rank under FSDP, where rank 0 decides and writes.
     """
     from safetune.evaluation.runner import baseline_dir, load_baseline, run_baseline
 
-    if load_baseline(run_dir) is not None:
+    dist = dist or Distributed()  # one process
+    if dist.agree(load_baseline(run_dir) is not None if dist.is_main else None):
         return
-    run_baseline(recipe, show_progress, out_dir=baseline_dir(run_dir), model=model, tokenizer=tokenizer)
+    run_baseline(recipe, show_progress and dist.is_main, out_dir=baseline_dir(run_dir), model=model,
+                 tokenizer=tokenizer, broadcast=dist.agree, write=dist.is_main)
     model.train()
 
 

@@ -240,3 +240,56 @@ def test_compile_trains_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path,
     # float rounding only (the compiled forward computes the full logits, the eager one only the
     # trained rows), which AdamW's normalisation lifts to ~3e-5 after 3 steps; a wrong step is ~1e-2
     assert all(torch.allclose(finals[False][k], finals[True][k], atol=5e-5) for k in finals[False])
+
+
+def _train_on_rank(rank: int, tree: dict, port: int) -> None:
+    """One rank of a 2-process FSDP run (spawned by the test below); only rank 0 may read the weights."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import safetune.training as training
+
+    read = training.load_model
+
+    def load_model_on_rank_0_only(*args, **kwargs):
+        assert rank == 0, "rank 1 read the model's weights"
+        return read(*args, **kwargs)
+
+    training.load_model = load_model_on_rank_0_only
+    training.train(validate_tree(tree), show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_fsdp_reads_the_weights_on_rank_0_only(tiny_qwen2_dir, tiny_data, tmp_path, lora):
+    """FSDP is for models no process can hold whole: rank 0 alone reads the weights (into CPU
+    memory), the others build the model on the meta device and receive only their shards. The
+    audit and the baseline evaluation then run sharded on both ranks. The run still ends at
+    the 1-process weights (Qwen2; with LoRA, rank 0's adapter init is everyone's)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    tree = make_recipe(tiny_qwen2_dir, tiny_data, tmp_path / "one", max_steps=3, batch_size=4)
+    tree["method"] = "safegrad"
+    tree["data"]["audit"] = {"checks": ["refusal_conflict"], "action": "report", "max_flagged": 1.0,
+                             "max_new_tokens": 4}
+    tree["eval"] = {"max_new_tokens": 4, "batch_size": 8, "baseline_cache": False,
+                    "suites": [{"kind": "harmful", "path": str(tiny_data["safety"]), "limit": 4}]}
+    if lora:
+        tree["model"]["lora"] = {"r": 4}
+    one = train(validate_tree(tree), show_progress=False)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    two = tree | {"output": {"dir": str(tmp_path / "two")}}
+    two["train"] = tree["train"] | {"batch_size": 2, "distributed": {"strategy": "fsdp"}}
+    mp.spawn(_train_on_rank, args=(two, port), nprocs=2)
+    final = tmp_path / "two" / "final"
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(one.final_dir / name), load_file(final / name)
+    assert set(a) <= set(b)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+    baseline = json.loads((tmp_path / "two" / "baseline" / "safety_report.json").read_text())
+    assert baseline["suites"][0]["name"] == "harmful"
+    assert json.loads((tmp_path / "two" / "data_audit.json").read_text())["rows"] == 40

@@ -186,24 +186,28 @@ def run_baseline(
     out_dir: Path | None = None,
     model: PreTrainedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    broadcast=lambda value: value,
+    write: bool = True,
 ) -> dict:
     """Evaluate the recipe's base model into <output dir>/baseline/ and return the report.
 
     With `eval.baseline_cache` (the default) an evaluation of the same model files with
     the same eval settings is copied from the cache instead (baseline_cache.py), and a
     new one is stored there. The trainer may pass the model it just loaded (before any
-    step) to avoid a second load.
+    step) to avoid a second load. An FSDP-sharded model: call on every rank, with
+    `broadcast` (rank 0's value everywhere: all ranks reuse the cache or all evaluate)
+    and `write=False` on all but rank 0.
     """
     out_dir = Path(out_dir or baseline_dir(recipe.output_dir()))
     device = model.device if model is not None else pick_device(recipe.train.device)
     cached = baseline_key(recipe, device) if recipe.eval.baseline_cache else None
-    if cached is not None:
-        report = reuse_baseline(cached[0], out_dir)
-        if report is not None:
-            if progress:
-                print(f"baseline: reused the evaluation of {recipe.model.path} with these eval settings "
-                      f"({baselines_dir() / cached[0]})")
-            return report
+    report = reuse_baseline(cached[0], out_dir) if cached is not None and write else None
+    report = broadcast(report)
+    if report is not None:
+        if progress:
+            print(f"baseline: reused the evaluation of {recipe.model.path} with these eval settings "
+                  f"({baselines_dir() / cached[0]})")
+        return report
     if progress:
         print(f"baseline: evaluating the base model {recipe.model.path}")
     if model is None:
@@ -213,9 +217,9 @@ def run_baseline(
     report = evaluate_model(
         model, tokenizer, recipe, out_dir,
         checkpoint=f"{recipe.model.path} (base model)", baseline=None,
-        run_info={"recipe": recipe.name, "method": [], "steps": 0}, progress=progress,
+        run_info={"recipe": recipe.name, "method": [], "steps": 0}, progress=progress, write=write,
     )
-    if recipe.eval.baseline_cache:
+    if recipe.eval.baseline_cache and write:
         cached = cached or baseline_key(recipe, device)  # a hub model is in the local cache now
         if cached is not None:
             store_baseline(*cached, out_dir, report)
