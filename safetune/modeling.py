@@ -201,6 +201,18 @@ def add_lora(model: PreTrainedModel, config: ModelConfig):
     ))
 
 
+def adapter_weights_by_model_name(model, saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved LoRA adapter's tensors under the names the peft model gives them: peft saves
+    them without the adapter's name (`lora_A.weight` for the model's `lora_A.default.weight`)."""
+    adapter = f".{model.active_adapter}."
+    named = {}
+    for key in model.state_dict():
+        saved_key = key.replace(adapter, ".")
+        if saved_key != key and saved_key in saved:
+            named[key] = saved[saved_key]
+    return named
+
+
 def load_trained_weights(model, folder: Path, device) -> None:
     """Load a checkpoint's weights into an already built model (full weights or LoRA adapters)."""
     from safetensors.torch import load_file

@@ -40,8 +40,8 @@ from safetune.files import write_atomic
 from safetune.loss import next_token_loss
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.metrics import MetricsLog, trim_after
-from safetune.modeling import (add_lora, build_empty_model, load_model, load_tokenizer, load_trained_weights,
-                               model_source, pick_device)
+from safetune.modeling import (adapter_weights_by_model_name, add_lora, build_empty_model, is_adapter_folder,
+                               load_model, load_tokenizer, load_trained_weights, model_source, pick_device)
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
@@ -387,13 +387,15 @@ class Trainer:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        weights = load_file(Path(folder) / "model.safetensors", device=str(self.device))
+        folder = Path(folder)
+        if is_adapter_folder(folder):  # LoRA: the adapters only; the base weights are the ones loaded at setup
+            saved = load_file(folder / "adapter_model.safetensors", device=str(self.device))
+            weights = adapter_weights_by_model_name(self.model, saved)
+        else:
+            weights = load_file(folder / "model.safetensors", device=str(self.device))
         set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def load_checkpoint(self, folder: Path) -> None:
-        if self.dist.sharded and self.recipe.model.lora:
-            raise UsageError("--resume: a LoRA run under train.distributed.strategy fsdp cannot be resumed yet "
-                             "(its adapter checkpoint is not re-sharded); LoRA adapters fit every device: use ddp")
         try:
             self.load_weights(folder)
             state = ckpt.load_training_state(folder)

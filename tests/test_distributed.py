@@ -216,6 +216,29 @@ def test_fsdp_lora_equals_one_process(tiny_model_dir, tiny_data, tmp_path):
     assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
 
 
+@pytest.mark.slow
+def test_fsdp_lora_resume_ends_where_the_uninterrupted_run_does(tiny_model_dir, tiny_data, tmp_path):
+    """The adapter checkpoint (peft's names, whole tensors) is sharded again on resume."""
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "full", max_steps=4, batch_size=4, save_every=2,
+                       lr_schedule="constant")
+    tree["model"]["lora"] = {"r": 4}
+    tree["method"] = "safegrad"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    fsdp = ["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp", "--quiet"]
+    full = run_torchrun([*fsdp, f"output.dir={tmp_path / 'full'}"], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    half = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "train.max_steps=2"], tmp_path)
+    assert half.returncode == 0, half.stderr[-3000:]
+    resumed = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "half" / "final" / "adapter_model.safetensors")
+    assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    stepped = load_file(tmp_path / "half" / "checkpoints" / "step-2" / "adapter_model.safetensors")
+    assert max(float((a[k] - stepped[k]).abs().max()) for k in a) > 1e-4, "the resumed run trained on"
+
+
 def test_compile_trains_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     """train.compile wraps the task forward in torch.compile: same parameters, same steps.
     The aot_eager backend traces forward and backward like inductor does but skips C++
