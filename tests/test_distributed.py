@@ -27,6 +27,15 @@ def run_torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess
     return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
+def fsdp_full_and_resumed(recipe: Path, tmp_path: Path) -> None:
+    """Under FSDP on 2 processes: the whole run into full/, and into half/ 2 steps, then --resume."""
+    fsdp = ["-m", "safetune", "train", str(recipe), "train.batch_size=2", "train.distributed.strategy=fsdp", "--quiet"]
+    for args in ([f"output.dir={tmp_path / 'full'}"], [f"output.dir={tmp_path / 'half'}", "train.max_steps=2"],
+                 [f"output.dir={tmp_path / 'half'}", "--resume"]):
+        done = run_torchrun([*fsdp, *args], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
 def recipe_file(tmp_path, tiny_model_dir, tiny_data, method) -> tuple[dict, Path]:
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "one", max_steps=3, batch_size=4)
     tree["method"] = method
@@ -168,18 +177,11 @@ def test_fsdp_resume_probes_and_final_evaluation(tiny_model_dir, tiny_data, tmp_
                     "suites": [{"kind": "harmful", "path": str(tiny_data["safety"]), "limit": 6}]}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tree))
-    fsdp = ["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp", "--quiet"]
-    full = run_torchrun([*fsdp, f"output.dir={tmp_path / 'full'}"], tmp_path)
-    assert full.returncode == 0, full.stderr[-3000:]
+    fsdp_full_and_resumed(path, tmp_path)
     report = json.loads((tmp_path / "full" / "final" / "safety_report.json").read_text())
     assert report["suites"][0]["name"] == "harmful"
     probes = [json.loads(row) for row in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in probes if "probe/harmful_refusal_rate" in row] == [0, 2, 4]
-
-    half = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "train.max_steps=2"], tmp_path)
-    assert half.returncode == 0, half.stderr[-3000:]
-    resumed = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "--resume"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = load_file(tmp_path / "full" / "final" / "model.safetensors")
     b = load_file(tmp_path / "half" / "final" / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
@@ -225,13 +227,7 @@ def test_fsdp_lora_resume_ends_where_the_uninterrupted_run_does(tiny_model_dir, 
     tree["method"] = "safegrad"
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tree))
-    fsdp = ["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp", "--quiet"]
-    full = run_torchrun([*fsdp, f"output.dir={tmp_path / 'full'}"], tmp_path)
-    assert full.returncode == 0, full.stderr[-3000:]
-    half = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "train.max_steps=2"], tmp_path)
-    assert half.returncode == 0, half.stderr[-3000:]
-    resumed = run_torchrun([*fsdp, f"output.dir={tmp_path / 'half'}", "--resume"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fsdp_full_and_resumed(path, tmp_path)
     a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
     b = load_file(tmp_path / "half" / "final" / "adapter_model.safetensors")
     assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
