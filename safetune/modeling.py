@@ -168,13 +168,16 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
     return model.to(device)
 
 
-def build_empty_model(config: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
+def build_empty_model(config: ModelConfig, dtype: torch.dtype, generation_config=None,
+                      weight_conversions=None) -> PreTrainedModel:
     """The model `load_model` returns, built on the meta device: its structure, no weights read.
 
     For FSDP, where no process may hold the whole model on its device: every rank builds
     this, shards it, and receives its shards of the weights rank 0 read
-    (`Distributed.load_shards`). `dtype` is the loaded model's, so the shapes and dtypes
-    match what rank 0 sends.
+    (`Distributed.load_shards`). From the model rank 0 loaded: `dtype` (so what it sends
+    fits), its `generation_config` (the folder's generation settings) and transformers'
+    `_weight_conversions` (saving renames keys back to the checkpoint's own names, e.g.
+    GPT-NeoX's `embed_out`; without it a model built from its config saves its module names).
     """
     from transformers import AutoConfig
 
@@ -187,6 +190,10 @@ def build_empty_model(config: ModelConfig, dtype: torch.dtype) -> PreTrainedMode
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
                                                  trust_remote_code=config.trust_remote_code)
+    if generation_config is not None:
+        model.generation_config = generation_config
+    if weight_conversions is not None:
+        model._weight_conversions = weight_conversions
     return model.eval()  # as from_pretrained returns it
 
 

@@ -296,18 +296,22 @@ class Trainer:
         rank then continues from rank 0's random state: the run is the 1-process run's.
         """
         recipe, dist = self.recipe, self.dist
-        whole = buffers = dtype = None
+        whole = buffers = loaded_as = conversions = None
         if dist.is_main:
-            loaded = self.prepare_model(load_model(recipe.model, device="cpu"))
+            base = load_model(recipe.model, device="cpu")
+            # what from_pretrained gives beyond the weights: the dtype, the folder's generation
+            # settings, and (rank 0 alone saves) the renaming back to the checkpoint's own key names
+            loaded_as = {"dtype": base.dtype, "generation_config": base.generation_config}
+            conversions = getattr(base, "_weight_conversions", None)
+            loaded = self.prepare_model(base)
             whole, buffers = loaded.state_dict(), dict(loaded.named_buffers())
-            dtype = next(loaded.parameters()).dtype
-            del loaded
-        dtype = dist.broadcast(dtype)
+            del base, loaded
+        loaded_as = dist.broadcast(loaded_as)
         random_state = dist.broadcast(torch.get_rng_state())  # rank 0's, as one process has it now
         models = []
         for _ in range(2 if wants_reference else 1):
-            model = self.prepare_model(build_empty_model(recipe.model, dtype))
-            models.append(dist.load_shards(model, whole, buffers, self.device))
+            model = build_empty_model(recipe.model, **loaded_as, weight_conversions=conversions)
+            models.append(dist.load_shards(self.prepare_model(model), whole, buffers, self.device))
         del whole, buffers
         torch.set_rng_state(random_state)  # building (e.g. LoRA's init of what is then overwritten) drew from it
         reference = models[1].eval().requires_grad_(False) if wants_reference else None

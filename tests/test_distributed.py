@@ -279,17 +279,21 @@ def _train_on_rank(rank: int, tree: dict, port: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True])
-def test_fsdp_reads_the_weights_on_rank_0_only(tiny_qwen2_dir, tiny_data, tmp_path, lora):
+@pytest.mark.parametrize("family, lora", [("qwen2", False), ("qwen2", True), ("gpt-neox", False)])
+def test_fsdp_reads_the_weights_on_rank_0_only(tiny_qwen2_dir, tiny_data, tmp_path, family, lora):
     """FSDP is for models no process can hold whole: rank 0 alone reads the weights (into CPU
     memory), the others build the model on the meta device and receive only their shards. The
     audit and the baseline evaluation then run sharded on both ranks. The run still ends at
-    the 1-process weights (Qwen2; with LoRA, rank 0's adapter init is everyone's)."""
+    the 1-process weights (with LoRA, rank 0's adapter init is everyone's; GPT-NeoX's saved
+    names differ from its modules')."""
     import socket
 
     import torch.multiprocessing as mp
 
-    tree = make_recipe(tiny_qwen2_dir, tiny_data, tmp_path / "one", max_steps=3, batch_size=4)
+    from tests.helpers import make_tiny_neox_dir
+
+    model_dir = tiny_qwen2_dir if family == "qwen2" else make_tiny_neox_dir(tmp_path / "neox")
+    tree = make_recipe(model_dir, tiny_data, tmp_path / "one", max_steps=3, batch_size=4)
     tree["method"] = "safegrad"
     tree["data"]["audit"] = {"checks": ["refusal_conflict"], "action": "report", "max_flagged": 1.0,
                              "max_new_tokens": 4}
@@ -307,8 +311,9 @@ def test_fsdp_reads_the_weights_on_rank_0_only(tiny_qwen2_dir, tiny_data, tmp_pa
     final = tmp_path / "two" / "final"
     name = "adapter_model.safetensors" if lora else "model.safetensors"
     a, b = load_file(one.final_dir / name), load_file(final / name)
-    assert set(a) <= set(b)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+    assert set(a) == set(b), "saved under the names one process saves (GPT-NeoX: embed_out)"
+    # rounding: on GPT-NeoX, DDP's 2 + 2 rows end 7e-5 from one process's 4 rows too
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     baseline = json.loads((tmp_path / "two" / "baseline" / "safety_report.json").read_text())
     assert baseline["suites"][0]["name"] == "harmful"
     assert json.loads((tmp_path / "two" / "data_audit.json").read_text())["rows"] == 40
