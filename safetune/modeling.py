@@ -197,6 +197,15 @@ def build_empty_model(config: ModelConfig, dtype: torch.dtype, generation_config
     return model.eval()  # as from_pretrained returns it
 
 
+def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The name prefix and ModuleList of the transformer blocks (`model.layers` in Llama)."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, module
+    raise SafetuneError("cannot find the decoder layers of this model (a ModuleList of num_hidden_layers blocks)")
+
+
 def add_lora(model: PreTrainedModel, config: ModelConfig):
     """Wrap the model with trainable LoRA adapters; the base weights are frozen by peft."""
     from peft import LoraConfig, get_peft_model

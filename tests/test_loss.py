@@ -72,3 +72,27 @@ def test_token_logprobs_equal_the_full_computation(family):
     assert int(mask.sum()) == int(trained.sum())
     torch.testing.assert_close(log_p[mask], expected, atol=1e-5, rtol=1e-5)
     assert torch.all(log_p[~mask] == 0)
+
+
+def test_the_last_mlp_runs_on_the_trained_positions_only(family):
+    """The last decoder layer's MLP output at untrained positions never reaches the head: it
+    runs on the N rows the head reads (the loss and gradients test above covers exactness)."""
+    from safetune.modeling import decoder_layers
+
+    model, batch = family
+    _, blocks = decoder_layers(model)
+    seen = []
+    handle = blocks[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        trained_logits(model, batch)
+    finally:
+        handle.remove()
+    trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert seen == [(1, trained, model.config.hidden_size)]
+    seen.clear()
+    handle = blocks[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        model(**batch)  # any other forward: the whole MLP, as before
+    finally:
+        handle.remove()
+    assert seen == [tuple(batch["input_ids"].shape) + (model.config.hidden_size,)]

@@ -16,18 +16,9 @@ import torch
 from torch import nn
 
 from safetune.distributed import full_tensor
-from safetune.errors import SafetuneError
 from safetune.methods.base import MethodContext
 from safetune.methods.safety_signal import diagonal_fisher
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The name prefix and ModuleList of the transformer blocks (`model.layers` in Llama)."""
-    count = getattr(model.config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return name, module
-    raise SafetuneError("method freeze: cannot find the decoder layers of this model")
+from safetune.modeling import decoder_layers  # noqa: F401 (methods import it from here)
 
 
 def layer_of(parameter_name: str, prefix: str) -> int | None:
