@@ -105,6 +105,14 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, value) -> list:
+        """Every rank's `value` (any picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
         """Overwrite `tensors` in place with rank 0's: a safety-side quantity (a safety gradient,
         a Fisher) must be the same on every rank, and kernels need not be bit-identical across GPUs.

@@ -35,6 +35,7 @@ from safetune.data import (IGNORE_INDEX, BatchSchedule, Example, build_training_
                            pack_examples, prepare_packing)
 from safetune.distributed import Distributed, full_tensor, gather_full
 from safetune.envinfo import collect_env
+from safetune.evaluation.generation import sharded_across
 from safetune.errors import Interrupted, SafetuneError, UsageError
 from safetune.files import write_atomic
 from safetune.loss import next_token_loss
@@ -648,16 +649,19 @@ class Trainer:
         step = self.state.step
         wall_time = self.elapsed()
         final_dir = self.run_dir / FINAL_DIR
-        if not self.dist.mirrored():  # DDP: rank 0 saves and evaluates; the others are done
+        evaluates = recipe.eval.suites and recipe.eval.at_end
+        # (FSDP: the held-out loss and the methods' sums over shards need every rank)
+        eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device) if self.dist.mirrored() else None
+        methods = {m.name: m.summary() for m in self.methods} if self.dist.mirrored() else {}
+        if not self.dist.is_main:
+            # the final evaluation needs every rank and rank 0 alone writes: under DDP each rank
+            # answers its share of the prompts (`sharded_across`), under FSDP every model pass
+            # needs every rank's shards (which the checkpoint first sends to rank 0)
             self.save_checkpoint(final_dir, with_state=False)
-            return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
-        eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device)
-        methods = {m.name: m.summary() for m in self.methods}  # (FSDP: sums over shards on every rank)
-        if not self.dist.is_main:  # FSDP: send rank 0 the shards, run the evaluation with it, write nothing
-            self.save_checkpoint(final_dir, with_state=False)
-            if recipe.eval.suites and recipe.eval.at_end:
-                final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, {"steps": step,
-                             "wall_time_s": wall_time, "methods": {}}, show_progress=False, write=False)
+            if evaluates:
+                with sharded_across(self.dist):
+                    final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, {"steps": step,
+                                 "wall_time_s": wall_time, "methods": {}}, show_progress=False, write=False)
             return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
         if eval_loss is not None:
             self.say(f"held-out task loss: {eval_loss:.4f}")
@@ -675,9 +679,10 @@ class Trainer:
                    "monitor": self.monitor.state_dict() if self.monitor else None}
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         report = None
-        if recipe.eval.suites and recipe.eval.at_end:
-            report = final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, summary,
-                                  self.show_progress)
+        if evaluates:
+            with sharded_across(self.dist):
+                report = final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, summary,
+                                      self.show_progress)
         self.say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
         return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
 

@@ -83,6 +83,25 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tiny
     assert json.loads((tmp_path / "two" / "env.json").read_text())["processes"] == 2
 
 
+@pytest.mark.slow
+def test_ddp_ranks_share_the_final_evaluation(tiny_model_dir, tiny_data, tmp_path):
+    """Under DDP every rank holds the whole model: each answers its share of the evaluation's
+    prompts and rank 0 writes every answer, in the suite's order (`sharded_across`)."""
+    tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, "standard")
+    tree["eval"] = {"max_new_tokens": 4, "batch_size": 8, "baseline_cache": False,
+                    "suites": [{"kind": "harmful", "path": str(tiny_data["safety"]), "limit": 7}]}
+    path.write_text(yaml.safe_dump(tree))
+    one = train(validate_tree(tree), show_progress=False)
+    two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2", f"output.dir={tmp_path / 'two'}",
+                        "--quiet"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = {run: [json.loads(line) for line in (folder / "final" / "outputs.jsonl").read_text().splitlines()]
+            for run, folder in (("one", one.run_dir), ("two", tmp_path / "two"))}
+    assert [r["prompt"] for r in rows["two"]] == [r["prompt"] for r in rows["one"]] and len(rows["one"]) == 7
+    report = json.loads((tmp_path / "two" / "final" / "safety_report.json").read_text())
+    assert report["suites"][0]["name"] == "harmful"
+
+
 def test_an_error_on_one_rank_ends_the_run_with_one_line_each(tiny_model_dir, tiny_data, tmp_path):
     _, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, "standard")
     script = tmp_path / "fail_rank1.py"

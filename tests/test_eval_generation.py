@@ -105,3 +105,25 @@ def test_rows_still_going_continue_in_a_second_round(tiny, monkeypatch):
     monkeypatch.setattr(type(model), "generate", spy)
     assert generate_token_ids(model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=8) == one_by_one
     assert len(calls) == 2 and calls[1][0] == 1, "the longest answer went on alone in a second round"
+
+
+def test_interleave_puts_each_ranks_answers_back_in_prompt_order():
+    from safetune.evaluation.generation import interleave
+
+    prompts = list(range(7))
+    parts = [prompts[rank::3] for rank in range(3)]  # what ranks 0, 1, 2 answer
+    assert interleave(parts) == prompts
+    assert interleave([[0, 1, 2]]) == [0, 1, 2]
+
+
+def test_sharded_across_one_process_changes_nothing():
+    from safetune.distributed import Distributed
+    from safetune.evaluation.generation import _SHARDS, sharded_across
+
+    with sharded_across(Distributed()):
+        assert _SHARDS.get() is None
+    with sharded_across(Distributed(rank=1, world_size=2, strategy="fsdp")):
+        assert _SHARDS.get() is None, "FSDP: every rank runs every model pass"
+    with sharded_across(Distributed(rank=1, world_size=2)):
+        assert _SHARDS.get() is not None
+    assert _SHARDS.get() is None

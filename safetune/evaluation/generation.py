@@ -14,6 +14,7 @@ user prompts first. A generative judge (refusal.py) renders its own inputs and c
 
 from __future__ import annotations
 
+import contextvars
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
@@ -152,6 +153,28 @@ def generate_ids(
     return results
 
 
+# Set by `sharded_across`: under DDP every rank holds the whole model, so the ranks split the
+# prompts of each generation and gather the answers instead of rank 0 generating them all.
+_SHARDS: contextvars.ContextVar = contextvars.ContextVar("generation_shards", default=None)
+
+
+@contextmanager
+def sharded_across(dist) -> Iterator[None]:
+    """Within this block, `generate_token_ids` on each DDP rank answers every world_size-th
+    prompt and all ranks get every answer, in order. Every rank must make the same calls.
+    Under FSDP (no rank can run the model alone) and on one process it changes nothing."""
+    token = _SHARDS.set(dist if dist.enabled and not dist.sharded else None)
+    try:
+        yield
+    finally:
+        _SHARDS.reset(token)
+
+
+def interleave(parts: list[list]) -> list:
+    """Rank r's answers to prompts r, r + n, r + 2n, ... back in the prompts' order."""
+    return [parts[i % len(parts)][i // len(parts)] for i in range(sum(len(part) for part in parts))]
+
+
 def generate_token_ids(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -163,10 +186,14 @@ def generate_token_ids(
     description: str = "generate",
 ) -> list[list[int]]:
     """The new tokens of each raw prompt's greedy continuation (chat template applied)."""
-    return generate_ids(
-        model, tokenizer, chat_input_ids(tokenizer, prompts),
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, description=description,
-    )
+    input_ids = chat_input_ids(tokenizer, prompts)
+    dist = _SHARDS.get()
+    if dist is not None:
+        input_ids = input_ids[dist.rank :: dist.world_size]
+        progress = progress and dist.is_main
+    token_ids = generate_ids(model, tokenizer, input_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             progress=progress, description=description)
+    return token_ids if dist is None else interleave(dist.all_gather(token_ids))
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, token_ids: list[list[int]]) -> list[str]:
