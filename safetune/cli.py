@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -136,6 +136,7 @@ def init(name: str = typer.Argument(..., help="bundled recipe name (see `safetun
          dest: Optional[Path] = typer.Argument(None, help="where to write it (default ./<name>.yaml)")):
     """Copy a bundled recipe into the current directory for you to edit."""
     from safetune.errors import UsageError
+    from safetune.files import write_atomic
 
     recipes = bundled_recipes()
     matches = [key for key in recipes if key == name or key.endswith("/" + name)]
@@ -151,8 +152,12 @@ def init(name: str = typer.Argument(..., help="bundled recipe name (see `safetun
         target = target / source.name
     if target.exists():
         raise UsageError(f"init: {target} already exists; choose another destination")
-    shutil.copyfile(source, target)
-    console.print(f"wrote {target}; edit it, then: safetune train {target}")
+    if not target.parent.is_dir():
+        raise UsageError(f"init: no folder {target.parent}; create it first")
+    # the run is named after the new file (runs/<stem>/), not after the bundled recipe
+    text = re.sub(r"^name:.*$", f"name: {target.stem}", source.read_text(encoding="utf-8"), count=1, flags=re.M)
+    write_atomic(target, text)
+    console.print(f"wrote {target}; edit it, then: safetune train {target} (its run goes to runs/{target.stem}/)")
 
 
 @app.command()

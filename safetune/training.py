@@ -230,7 +230,8 @@ class Trainer:
 
         # safety methods (they may freeze parameters, so before the optimizer)
         self.ctx = MethodContext(
-            model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device, run_dir=self.run_dir,
+            model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device,
+            run_dir=None if dry_run else self.run_dir,  # a dry run leaves the run dir untouched
             safety=self.data.safety, borderline=self.data.borderline, train_examples=self.data.train,
             seed=recipe.train.seed,
             reference_model=reference, log=self.say,
@@ -783,10 +784,11 @@ def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool
     when there is one (and says so). Called on the ranks that run model passes
     (`dist.mirrored()`): rank 0, or every rank under FSDP, where rank 0 decides and writes.
     """
-    from safetune.evaluation.runner import baseline_dir, load_baseline, run_baseline
+    from safetune.evaluation.runner import baseline_dir, current_baseline, run_baseline
 
     dist = dist or Distributed()  # one process
-    if dist.agree(load_baseline(run_dir) is not None if dist.is_main else None):
+    say = print if show_progress and dist.is_main else (lambda *_: None)
+    if dist.agree(current_baseline(run_dir, recipe, model.device, say) is not None if dist.is_main else None):
         return
     run_baseline(recipe, show_progress and dist.is_main, out_dir=baseline_dir(run_dir), model=model,
                  tokenizer=tokenizer, broadcast=dist.agree, write=dist.is_main)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from safetune.evaluation import runner as runner_module
 from safetune.evaluation.baseline_cache import FileHashes, baseline_key, baselines_dir
-from safetune.evaluation.runner import load_baseline, run_baseline
+from safetune.evaluation.runner import current_baseline, load_baseline, run_baseline
 from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
 from safetune.training import ensure_baseline
@@ -63,6 +63,26 @@ def test_the_trainer_reuses_it_too(tmp_path, tiny_model_dir, eval_data, monkeypa
     monkeypatch.setattr(runner_module, "evaluate_model", no_evaluation)
     ensure_baseline(later, tmp_path / "b", model, tokenizer, show_progress=False)
     assert load_baseline(tmp_path / "b")["baseline_cache"]["reused"] is True
+
+
+def test_a_run_dirs_baseline_of_another_model_is_not_reused(tmp_path, tiny_model_dir, eval_data, capsys):
+    """output.overwrite keeps baseline/: a run on a changed model must not be measured against it."""
+    run_baseline(recipe(tiny_model_dir, eval_data, tmp_path / "a"), progress=False)
+    stale = load_baseline(tmp_path / "a")
+    changed = tmp_path / "changed-model"
+    shutil.copytree(tiny_model_dir, changed)
+    weights = load_file(changed / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] * 0.5
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+
+    later = recipe(changed, eval_data, tmp_path / "a")
+    ensure_baseline(later, tmp_path / "a", load_model(later.model), load_tokenizer(later.model), show_progress=True)
+    fresh = load_baseline(tmp_path / "a")
+    assert fresh["baseline_cache"]["key"] == key_of(later) != stale["baseline_cache"]["key"]
+    assert "was computed for another model or other eval settings" in capsys.readouterr().out
+    # the same model again: the (now current) baseline is kept
+    assert current_baseline(tmp_path / "a", later, "cpu")["baseline_cache"]["key"] == key_of(later)
 
 
 def key_of(recipe_) -> str:

@@ -80,3 +80,21 @@ def test_env_and_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "safetune", "env"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "torch:" in result.stdout and "transformers:" in result.stdout and "torch_threads:" in result.stdout
+
+
+def test_init_names_the_run_after_the_new_file(tmp_path, monkeypatch):
+    """`safetune init lab/sentiment-standard my.yaml` then `train my.yaml` writes runs/my/,
+    the folder the README's `safetune eval runs/my/final` reads."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init", "lab/sentiment-standard", "my.yaml"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "my.yaml").read_text()
+    assert yaml.safe_load(text)["name"] == "my"
+    assert "# " in text  # the bundled recipe's comments are kept
+    from safetune.recipe import load_recipe
+
+    assert str(load_recipe(tmp_path / "my.yaml").output_dir()) == "runs/my"
+    missing = runner.invoke(app, ["init", "lab/sentiment-standard", "configs/my.yaml"])
+    assert missing.exit_code == 2 and "init: no folder configs; create it first" in missing.output
+    again = runner.invoke(app, ["init", "lab/sentiment-standard", "my.yaml"])
+    assert again.exit_code == 2 and "already exists" in again.output

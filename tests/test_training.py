@@ -100,9 +100,14 @@ def test_mix_puts_configured_fraction_of_safety_in_batches(tiny_model_dir, tiny_
     assert MixMethod(name="mix").safety_fraction == 0.1
 
 
-def test_dry_run_trains_and_saves_nothing(tiny_model_dir, tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["standard", {"name": "freeze", "layers": "auto", "top_k": 1}, "ewc"])
+def test_dry_run_trains_and_saves_nothing(tiny_model_dir, tiny_data, tmp_path, capsys, method):
+    """Not even the caches methods keep in a run dir (freeze's layer table, ewc's Fisher):
+    a dry run followed by the real run must not find a run dir "already holding a run"."""
     out = tmp_path / "run"
-    result = train(validate_tree(make_recipe(tiny_model_dir, tiny_data, out)), dry_run=True)
+    tree = make_recipe(tiny_model_dir, tiny_data, out)
+    tree["method"] = method
+    result = train(validate_tree(tree), dry_run=True)
     assert result.steps == 0 and result.final_dir is None
     assert not out.exists()
     printed = capsys.readouterr().out

@@ -179,6 +179,28 @@ def load_baseline(run_dir: Path) -> dict | None:
     return read_report(folder) if (folder / REPORT_JSON).is_file() else None
 
 
+def current_baseline(run_dir: Path, recipe: Recipe, device, say=print) -> dict | None:
+    """The run directory's baseline if it was computed for this recipe's model and eval settings.
+
+    A run dir keeps its baseline across `output.overwrite` and resume, and the model or the
+    suites may have changed since (a rebuilt lab model, another `model.path`, other
+    suites): retention and the gate would then compare against the wrong model. The
+    baseline records the key of what it evaluated (`baseline_cache.key`); a different key
+    now means it is stale and None is returned. A baseline without a key (written with
+    `eval.baseline_cache: false`) or a model whose files cannot be read here is trusted.
+    """
+    report = load_baseline(run_dir)
+    stored = (report or {}).get("baseline_cache", {}).get("key")
+    if stored is None:
+        return report
+    now = baseline_key(recipe, device)
+    if now is not None and now[0] != stored:
+        say(f"baseline: {baseline_dir(run_dir)} was computed for another model or other eval settings; "
+            "evaluating again")
+        return None
+    return report
+
+
 def run_baseline(
     recipe: Recipe,
     progress: bool = True,
@@ -264,7 +286,9 @@ def run_eval(
     if baseline_path is not None:
         baseline = read_report(baseline_path)
     else:
-        baseline = load_baseline(run_dir) or run_baseline(recipe, progress, out_dir=baseline_dir(run_dir))
+        device = pick_device(recipe.train.device)
+        baseline = (current_baseline(run_dir, recipe, device, say=print if progress else lambda *_: None)
+                    or run_baseline(recipe, progress, out_dir=baseline_dir(run_dir)))
 
     model = load_model(recipe.model, path=str(checkpoint), device=pick_device(recipe.train.device))
     has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()

@@ -30,7 +30,7 @@ class MethodContext:
     tokenizer: Any
     recipe: Any
     device: torch.device
-    run_dir: Path
+    run_dir: Path | None  # None in a dry run: a method writes and reuses no cache file
     safety: list[Example]
     seed: int
     borderline: list[Example] = field(default_factory=list)  # benign look-alikes with normal answers

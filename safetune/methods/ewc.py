@@ -33,8 +33,8 @@ class EWC(SafetyMethod):
         params = ctx.trainable_parameters()
         # setup runs before a resume loads checkpoint weights, so these are the aligned weights
         self.anchor = {name: p.detach().clone() for name, p in params}
-        cache = ctx.run_dir / FISHER_FILE
-        if cache.is_file():
+        cache = ctx.run_dir / FISHER_FILE if ctx.run_dir else None
+        if cache is not None and cache.is_file():
             by_name = dict(params)  # (FSDP: each rank keeps its shards of the cached Fisher)
             self.fisher = {k: distribute_like(v.to(ctx.device), by_name.get(k)) for k, v in load_file(cache).items()}
             ctx.log(f"ewc: reusing the Fisher cached in {cache}")
@@ -42,7 +42,7 @@ class EWC(SafetyMethod):
             self.fisher = self.compute_fisher(ctx)
             ctx.broadcast_tensors(list(self.fisher.values()))  # one Fisher for all ranks
             whole = gather_full(self.fisher)  # FSDP: every rank takes part; plain tensors pass through
-            if ctx.run_dir.is_dir() and ctx.is_main:
+            if cache is not None and ctx.run_dir.is_dir() and ctx.is_main:
                 save_file({k: v.contiguous().cpu() for k, v in whole.items()}, str(cache))
         self.names = [name for name, _ in params if name in self.fisher]
         self.parameters = dict(params)

@@ -49,7 +49,7 @@ class Freeze(SafetyMethod):
             self.scores = detect(ctx, self.config)
             self.layers = detection.select_layers(self.scores, self.config.top_k, self.config.threshold)
             table = [{"layer": i, "score": s, "frozen": i in self.layers} for i, s in enumerate(self.scores)]
-            if ctx.is_main:
+            if ctx.is_main and ctx.run_dir is not None:
                 write_atomic(ctx.run_dir / "safety_layers.json",
                              json.dumps({"detector": self.config.detector, "layers": table}, indent=2))
             ctx.log(f"freeze: {self.config.detector} detector chose layers {self.layers}")
@@ -86,7 +86,7 @@ def detect_layers(recipe) -> dict:
     model = load_model(recipe.model, device=device)
     safety = tokenize_all(load_examples(recipe.data.safety, "data.safety", kind="safety"), tokenizer,
                           recipe.data.max_seq_len)
-    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=recipe.output_dir(),
+    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=recipe, device=device, run_dir=None,
                         safety=safety, seed=recipe.train.seed)
     scores = detect(ctx, config)
     chosen = detection.select_layers(scores, config.top_k, config.threshold)

@@ -147,13 +147,13 @@ class TokenWeighting(SafetyMethod):
         digest = hashlib.sha256(json.dumps([e.input_ids for e in examples]).encode())
         digest.update(json.dumps([classifier_fingerprint(source), self.config.unsafe_label,
                                   self.config.segment_tokens]).encode())
-        cache = ctx.run_dir / f"token_scores-{digest.hexdigest()[:16]}.json"
-        if cache.is_file():
+        cache = ctx.run_dir / f"token_scores-{digest.hexdigest()[:16]}.json" if ctx.run_dir else None
+        if cache is not None and cache.is_file():
             ctx.log(f"token_weighting: reusing the classifier scores cached in {cache}")
             values = json.loads(cache.read_text())["scores"]
         else:
             values = self.score_with_classifier(ctx, source, examples)
-            if ctx.is_main and ctx.run_dir.is_dir():
+            if cache is not None and ctx.is_main and ctx.run_dir.is_dir():
                 write_atomic(cache, json.dumps({"classifier": source, "scores": values}))
         return {tuple(e.input_ids): v for e, v in zip(examples, values)}
 
