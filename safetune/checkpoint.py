@@ -23,6 +23,7 @@ COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 TRAINER_STATE = "trainer_state.json"  # human-readable: step, epoch, metrics
 TRAINING_STATE = "training_state.pt"  # optimizer, scheduler, RNG, method state
 MANIFEST = "MANIFEST.json"  # {file: {bytes, sha256}} of everything else in the folder
+MAX_SHARD_SIZE = "50GB"  # transformers' default: a bigger model is saved in several files (and read back so)
 
 
 class NonFiniteWeights(Exception):
@@ -64,7 +65,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE,
+                          **({"state_dict": weights} if weights is not None else {}))
     _name_plain_class(tmp / "config.json", model)
     tokenizer.save_pretrained(tmp)
     if training_state is not None:

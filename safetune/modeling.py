@@ -229,6 +229,24 @@ def adapter_weights_by_model_name(model, saved: dict[str, torch.Tensor]) -> dict
     return named
 
 
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def read_saved_weights(folder: Path, device) -> dict[str, torch.Tensor]:
+    """The full weights `save_pretrained` wrote: model.safetensors, or the shards its index
+    lists (a model above `max_shard_size`, 50 GB by default, is saved in several files)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file() or not (folder / SAFETENSORS_INDEX).is_file():
+        return load_file(folder / "model.safetensors", device=str(device))
+    shards = sorted(set(json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        weights.update(load_file(folder / shard, device=str(device)))
+    return weights
+
+
 def load_trained_weights(model, folder: Path, device) -> None:
     """Load a checkpoint's weights into an already built model (full weights or LoRA adapters)."""
     from safetensors.torch import load_file
@@ -238,7 +256,7 @@ def load_trained_weights(model, folder: Path, device) -> None:
 
         set_peft_model_state_dict(model, load_file(Path(folder) / "adapter_model.safetensors", device=str(device)))
         return
-    weights = load_file(Path(folder) / "model.safetensors", device=str(device))
+    weights = read_saved_weights(folder, device)
     if set(weights) <= set(model.state_dict()):
         # tied weights (e.g. lm_head = embeddings) are stored once, so some keys may be absent
         model.load_state_dict(weights, strict=False)

@@ -66,8 +66,11 @@ class SafetyMonitor:
         return Probe(step=step, refusal_rate=rate, reference=self.reference, breached=breached)
 
     def remember(self, state: dict) -> None:
-        """Keep a copy of a state that passed (in memory: the model and optimizer state dicts)."""
-        self.snapshot = clone_state(state)
+        """Keep a copy of a state that passed: the trainable weights and the optimizer state,
+        in CPU memory (a copy on the accelerator would cost it the memory of the trained
+        weights three times over with Adam). FSDP's sharded tensors stay where they are: each
+        rank copies its own shards."""
+        self.snapshot = clone_state(state, to_cpu=True)
 
     def state_dict(self) -> dict:
         return {"reference": self.reference, "rollbacks": self.rollbacks, "prompts": len(self.prompts)}
@@ -81,15 +84,19 @@ class SafetyMonitor:
             self.reference = None
 
 
-def clone_state(obj):
+def clone_state(obj, to_cpu: bool = False):
     """A deep copy in which tensors are cloned as tensors (FSDP's sharded DTensors included,
-    which `copy.deepcopy` cannot copy)."""
+    which `copy.deepcopy` cannot copy); `to_cpu` puts the copies of plain tensors in CPU memory
+    (loading them back copies them to the model's device)."""
     import torch
+    from torch.distributed.tensor import DTensor
 
     if isinstance(obj, torch.Tensor):
+        if to_cpu and not isinstance(obj, DTensor):
+            return obj.detach().to("cpu", copy=True)
         return obj.detach().clone()
     if isinstance(obj, dict):
-        return {key: clone_state(value) for key, value in obj.items()}
+        return {key: clone_state(value, to_cpu) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(clone_state(value) for value in obj)
+        return type(obj)(clone_state(value, to_cpu) for value in obj)
     return copy.deepcopy(obj)

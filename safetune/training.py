@@ -42,7 +42,8 @@ from safetune.loss import next_token_loss
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.metrics import MetricsLog, trim_after
 from safetune.modeling import (adapter_weights_by_model_name, add_lora, build_empty_model, is_adapter_folder,
-                               load_model, load_tokenizer, load_trained_weights, model_source, pick_device)
+                               load_model, load_tokenizer, load_trained_weights, model_source, pick_device,
+                               read_saved_weights)
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
@@ -321,8 +322,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------- state
     def capture_state(self) -> dict:
-        """Everything a checkpoint (or a rollback) needs to continue exactly."""
-        return {"trainer": asdict(self.state), "model": self.model.state_dict(),
+        """Everything a checkpoint (or a rollback) needs to continue exactly. "model" holds the
+        trainable parameters only: frozen ones (a LoRA base model, frozen layers) never change."""
+        trainable = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        return {"trainer": asdict(self.state), "model": trainable,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
                 "methods": {m.name: m.state_dict() for m in self.methods},
@@ -343,7 +346,9 @@ class Trainer:
 
     def restore_state(self, state: dict, from_disk: bool = False) -> None:
         if "model" in state:
-            self.model.load_state_dict(state["model"])
+            missing = set(state["model"]) - set(self.model.state_dict())
+            assert not missing, f"snapshot names unknown to the model: {sorted(missing)[:3]}"
+            self.model.load_state_dict(state["model"], strict=False)
         if from_disk and self.dist.sharded:  # whole tensors from checkpoint_state(): shard them again
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -398,7 +403,7 @@ class Trainer:
             saved = load_file(folder / "adapter_model.safetensors", device=str(self.device))
             weights = adapter_weights_by_model_name(self.model, saved)
         else:
-            weights = load_file(folder / "model.safetensors", device=str(self.device))
+            weights = read_saved_weights(folder, self.device)
         set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -416,7 +421,10 @@ class Trainer:
     def rollback(self, target: dict, lr_factor: float, from_disk: bool = False) -> None:
         """Back to a saved state, with the learning rate lowered by `lr_factor`."""
         keep = self.state
+        monitor_rollbacks = self.monitor.rollbacks if self.monitor else 0
         self.restore_state(target, from_disk=from_disk)
+        if self.monitor:  # the target's count is older: rollbacks already taken still count toward the limit
+            self.monitor.rollbacks = monitor_rollbacks
         self.state.lr_scale = keep.lr_scale * lr_factor
         self.state.wall_time_s = keep.wall_time_s
         self.state.divergence_rollbacks = keep.divergence_rollbacks
@@ -616,8 +624,12 @@ class Trainer:
         if snapshot is not None and (folder is None or snapshot["trainer"]["step"] >= ckpt.checkpoint_step(folder)):
             target, source, from_disk = snapshot, "the last passing safety probe", False
         else:
-            self.load_weights(folder)
-            target, source, from_disk = ckpt.load_training_state(folder), folder.name, True
+            try:
+                self.load_weights(folder)
+                target = ckpt.load_training_state(folder)
+            except Exception as err:  # damaged after its manifest was checked
+                raise SafetuneError(f"{why}; rolling back to {folder} failed: {str(err).splitlines()[0]}") from None
+            source, from_disk = folder.name, True
         rollbacks = self.state.divergence_rollbacks + 1
         self.rollback(target, DIVERGENCE_LR_FACTOR, from_disk=from_disk)
         self.state.divergence_rollbacks = rollbacks

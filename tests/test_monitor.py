@@ -68,3 +68,33 @@ def test_warn_policy_carries_on(tiny_model_dir, tiny_data, tmp_path, monkeypatch
     result = train(recipe(tiny_model_dir, tiny_data, tmp_path / "run", on_breach="warn"), show_progress=False)
     assert result.steps == 6
     assert sum(r.get("probe/breach", False) for r in records(result.run_dir)) == 3
+
+
+def test_the_rollback_snapshot_holds_the_trainable_weights_in_cpu_memory(tiny_model_dir, tiny_data, tmp_path,
+                                                                          monkeypatch):
+    """LoRA: the frozen base model is not copied (it never changes), and the copy is not kept on
+    the accelerator; a rollback still restores the trained weights exactly."""
+    import torch
+
+    from safetune.training import Trainer
+
+    snapshots, restored = [], []
+    remember = SafetyMonitor.remember
+    monkeypatch.setattr(SafetyMonitor, "remember", lambda self, state: (remember(self, state),
+                                                                        snapshots.append(self.snapshot)))
+    rollback = Trainer.rollback
+
+    def checked_rollback(self, target, lr_factor, from_disk=False):
+        rollback(self, target, lr_factor, from_disk)
+        live = dict(self.model.named_parameters())
+        restored.append(all(torch.equal(live[name].detach().cpu(), saved) for name, saved in target["model"].items()))
+
+    monkeypatch.setattr(Trainer, "rollback", checked_rollback)
+    scripted(monkeypatch, [1.0, 0.95, 0.5, 0.95, 0.95])
+    tree = recipe(tiny_model_dir, tiny_data, tmp_path / "run", min_retained=0.9).model_dump(mode="json")
+    tree["model"]["lora"] = {"r": 4, "alpha": 8}
+    train(validate_tree(tree), show_progress=False)
+    snapshot = snapshots[-1]["model"]
+    assert snapshot and all("lora_" in name for name in snapshot)  # no frozen base weight
+    assert all(t.device.type == "cpu" for t in snapshot.values())
+    assert restored == [True]

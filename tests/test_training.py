@@ -139,3 +139,21 @@ def test_lr_schedules():
     linear = lr_multiplier("linear", warmup=0, total=4)
     assert [linear(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert lr_multiplier("constant", 0, 5)(3) == 1.0
+
+
+def test_resume_from_a_checkpoint_saved_in_several_files(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """A model above max_shard_size (50 GB by default) is saved as shards plus an index;
+    --resume must read them (it read model.safetensors only)."""
+    monkeypatch.setattr(ckpt, "MAX_SHARD_SIZE", "20KB")
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "whole")
+    whole = train(validate_tree(tree), show_progress=False)
+    tree["output"]["dir"] = str(tmp_path / "split")
+    recipe = validate_tree(tree)
+    train_until_interrupted(monkeypatch, recipe, 3, match="interrupted at step 2/6; checkpoint saved")
+    step2 = ckpt.latest_checkpoint(tmp_path / "split")
+    assert (step2 / "model.safetensors.index.json").is_file() and not (step2 / "model.safetensors").exists()
+    resumed = train(recipe, resume=True, show_progress=False)
+    from safetune.modeling import read_saved_weights
+
+    a, b = read_saved_weights(whole.final_dir, "cpu"), read_saved_weights(resumed.final_dir, "cpu")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -206,3 +206,21 @@ def test_resume_with_other_monitor_samples_takes_a_new_probe_reference(tiny_mode
     probes = [row for row in rows if "probe/harmful_refusal_rate" in row]
     assert [row["step"] for row in probes] == [0, 2, 4, 4, 6], "a fresh reference probe at the resumed step"
     assert probes[3]["probe/reference"] == probes[3]["probe/harmful_refusal_rate"]
+
+
+def test_a_divergence_rollback_keeps_the_monitors_rollback_count(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """monitor.max_rollbacks counts every safety rollback of the run: rolling back to an older
+    state after a divergence must not hand the monitor its older (smaller) count."""
+    from safetune.monitor import SafetyMonitor
+
+    rates = iter([1.0, 0.95] + [0.5] * 20)  # step 0: reference, step 2: passes, then every probe breaches
+    monkeypatch.setattr(SafetyMonitor, "measure", lambda self: next(rates))
+    nan_loss_between(monkeypatch, 5, 5)  # right after the safety rollback to step 2, step 3 diverges
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_bad_steps=1, lr_schedule="constant")
+    tree["monitor"] = {"every": 2, "samples": 4, "min_retained": 0.9, "max_rollbacks": 1}
+    tree["eval"] = {"suites": [{"kind": "harmful", "path": str(tiny_data["safety"]), "category_field": "category"}],
+                    "max_new_tokens": 4, "at_end": False}
+    with pytest.raises(SafetuneError, match="after 1 rollbacks"):
+        train(validate_tree(tree), show_progress=False)
+    rows = strict_json_rows(tmp_path / "run" / "metrics.jsonl")
+    assert [r.get("reason") for r in rows if "rollback_to" in r] == [None, "non-finite"]
