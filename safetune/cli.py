@@ -52,12 +52,26 @@ def handle_errors(command):
             print(f"error: {where}interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
         except RuntimeError as err:
+            if _out_of_memory(err):
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                print(f"error: {where}out of memory ({first[:160]}); lower train.batch_size (raise train.grad_accum "
+                      "to keep the batch) or data.max_seq_len, or set train.gradient_checkpointing=true, model.lora, "
+                      "or train.distributed.strategy=fsdp; --resume continues from the last checkpoint",
+                      file=sys.stderr)
+                raise typer.Exit(1) from None
             if where and _peer_failed(err):  # the real error is the other process's line
                 print(f"error: {where}stopped: another process of this run failed (see its error)", file=sys.stderr)
                 raise typer.Exit(1) from None
             raise
 
     return wrapper
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """torch.OutOfMemoryError (CUDA, MPS, XPU) or the CPU allocator's failure."""
+    text = str(err)
+    return type(err).__name__ == "OutOfMemoryError" or "out of memory" in text.lower() or \
+        "DefaultCPUAllocator: can't allocate memory" in text or "not enough memory" in text
 
 
 def _peer_failed(err: Exception) -> bool:
@@ -89,7 +103,8 @@ def train(
     from safetune.training import train as run_training
 
     resolved = load_recipe(recipe, overrides or [])
-    command = shlex.join(["safetune", "train", str(recipe), *(overrides or [])])
+    flags = [*(["--allow-gate-failure"] if allow_gate_failure else []), *(["--quiet"] if quiet else [])]
+    command = shlex.join([*launcher_prefix(), "train", str(recipe), *(overrides or []), *flags])
     result = run_training(resolved, resume=resume, dry_run=dry_run, show_progress=not quiet, command=command)
     if result.report is None:
         return
@@ -98,6 +113,17 @@ def train(
     if not gate.get("passed", True) and resolved.eval.gate.exit_on_fail and not allow_gate_failure:
         raise GateFailed(f"safety gate failed: {gate.get('summary', '')} (checkpoint kept in {result.final_dir}; "
                          "--allow-gate-failure to exit 0)")
+
+
+def launcher_prefix() -> list[str]:
+    """How to start this command again (the resume hint): `safetune`, or under torchrun the
+    same number of processes through `torchrun -m safetune` (a resume needs as many)."""
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world and int(world) > 1:
+        nodes = int(world) // int(local or world)
+        per_node = ["--nnodes", str(nodes)] if nodes > 1 else []
+        return ["torchrun", *per_node, "--nproc_per_node", local or world, "-m", "safetune"]
+    return ["safetune"]
 
 
 # --------------------------------------------------------------------------- recipes

@@ -98,3 +98,38 @@ def test_init_names_the_run_after_the_new_file(tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "init: no folder configs; create it first" in missing.output
     again = runner.invoke(app, ["init", "lab/sentiment-standard", "my.yaml"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_the_resume_hint_repeats_the_flags_and_the_launcher(tmp_path, tiny_model_dir, tiny_data, monkeypatch):
+    """Ctrl-C prints a command that resumes the same run: same flags (so the exit code does not
+    change), and under torchrun the same number of processes (a resume needs as many)."""
+    from safetune.cli import launcher_prefix
+    from tests.helpers import interrupt_at_step
+
+    path = recipe_file(tmp_path, tiny_model_dir, tiny_data)
+    interrupt_at_step(monkeypatch, 2)
+    result = runner.invoke(app, ["train", str(path), "train.max_steps=4", "--quiet", "--allow-gate-failure"])
+    assert result.exit_code == 130
+    assert f"Resume with: safetune train {path} train.max_steps=4 --allow-gate-failure --quiet --resume" in \
+        " ".join(result.output.split())
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launcher_prefix() == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4", "-m", "safetune"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launcher_prefix() == ["safetune"]
+
+
+def test_out_of_memory_is_one_line_with_what_to_change(tmp_path, tiny_model_dir, tiny_data, monkeypatch):
+    import torch
+
+    from safetune.training import Trainer
+
+    def no_memory(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 39.4 GiB total)")
+
+    monkeypatch.setattr(Trainer, "train_step", no_memory)
+    result = runner.invoke(app, ["train", str(recipe_file(tmp_path, tiny_model_dir, tiny_data))])
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.strip()][-1:]
+    assert line.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "train.batch_size" in line and "Traceback" not in result.output

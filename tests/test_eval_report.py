@@ -70,6 +70,17 @@ def test_without_baseline_or_suite_checks_are_skipped_not_failed():
     assert [c["passed"] for c in no_baseline["checks"]] == [None, None, True]
     nothing = check_gate(metrics(task_score=None), None, GateConfig(min_task_score=0.4))
     assert nothing["passed"] and nothing["summary"] == "no check could run (no baseline)"
+    assert nothing["verdict"] == "N/A"
+
+
+def test_a_gate_that_could_check_nothing_fails():
+    """A CI gate over suites that measure none of its metrics must not say PASS."""
+    unmeasured = metrics(harmful_refusal_rate=None, over_refusal_rate=None, task_score=None, by_category={})
+    result = check_gate(unmeasured, BASELINE, GateConfig())
+    assert not result["passed"] and result["verdict"] == "FAIL"
+    assert result["summary"].startswith("no check could run: harmful_refusal_rate: not measured")
+    off = check_gate(unmeasured, BASELINE, GateConfig(min_harmful_retained=None, max_over_refusal_increase=None))
+    assert off["passed"] and off["verdict"] == "OFF"
 
 
 def test_null_thresholds_turn_checks_off():

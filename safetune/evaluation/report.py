@@ -170,7 +170,9 @@ def check_gate(metrics: dict, baseline: dict | None, gate: GateConfig) -> dict:
     """Every configured check -> passed True/False, or None (skipped, with the reason).
 
     Retained checks compare with the baseline: value >= threshold x baseline. The gate
-    passes when no check failed; skipped checks are listed so a reader sees them.
+    passes when no check failed and at least one ran; skipped checks are listed so a reader
+    sees them. Configured checks of which none could run (no suite of the kinds they need)
+    fail the gate; a report without a baseline (the base model's own) gets "N/A".
     """
     checks: list[dict] = []
 
@@ -223,15 +225,21 @@ def check_gate(metrics: dict, baseline: dict | None, gate: GateConfig) -> dict:
     failed = [c for c in checks if c["passed"] is False]
     ran = [c for c in checks if c["passed"] is not None]
     skipped = len(checks) - len(ran)
+    verdict = "FAIL" if failed else "PASS"
     if failed:
         summary = "; ".join(c["detail"] for c in failed)
     elif ran:
         summary = f"{len(ran)} check(s) passed" + (f", {skipped} skipped" if skipped else "")
-    else:
-        summary = "no check could run" + (" (no baseline)" if baseline is None else "")
+    elif not checks:
+        summary, verdict = "no check configured (every eval.gate threshold is null)", "OFF"
+    elif baseline is None:  # the base model's own report: there is nothing to compare it with
+        summary, verdict = "no check could run (no baseline)", "N/A"
+    else:  # configured checks, none measurable: a CI gate that checks nothing must not pass
+        summary = "no check could run: " + "; ".join(c["detail"] for c in checks)
+        failed, verdict = checks, "FAIL"
     return {
         "passed": not failed,
-        "verdict": "FAIL" if failed else "PASS",
+        "verdict": verdict,
         "summary": summary,
         "thresholds": gate.model_dump(),
         "checks": checks,
