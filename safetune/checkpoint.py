@@ -160,6 +160,20 @@ def resumable_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(folders, key=checkpoint_step, reverse=True)
 
 
+def prune_checkpoints(run_dir: Path, keep: int) -> list[str]:
+    """Delete all but the `keep` newest complete checkpoints; return the names deleted.
+    Each goes by a rename first, so an interruption never leaves a half-deleted step-N."""
+    deleted = []
+    for folder in resumable_checkpoints(run_dir)[keep:]:
+        doomed = folder.with_name(f".old-{folder.name}")
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
+        deleted.append(folder.name)
+    return deleted
+
+
 def latest_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Path | None:
     """The newest checkpoint that verifies; each damaged one is described in `skipped`."""
     for folder in resumable_checkpoints(run_dir):

@@ -295,6 +295,9 @@ class TrainConfig(Section):
     epochs: float | None = Field(None, gt=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     save_every: int | None = Field(None, ge=1)
+    # how many step-N checkpoints to keep (the newest); null keeps them all. A full
+    # checkpoint holds the weights and the optimizer state: ~12 bytes per parameter in fp32.
+    keep_checkpoints: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field(

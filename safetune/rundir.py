@@ -28,7 +28,8 @@ BASELINE_DIR = "baseline"
 FINAL_DIR = "final"
 
 # Changing these between an interrupted run and its resume is fine; anything else is refused.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.log_every", "output", "eval", "monitor"}
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.keep_checkpoints", "train.log_every",
+                     "output", "eval", "monitor"}
 
 
 def find_run_dir(path: Path) -> Path | None:

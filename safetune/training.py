@@ -645,6 +645,9 @@ class Trainer:
             self.save_checkpoint(self.run_dir / "checkpoints" / f"step-{step}", with_state=True)
         except ckpt.NonFiniteWeights as err:
             bar.message(f"warning: checkpoint step-{step} not written: {err}")
+            return
+        if self.recipe.train.keep_checkpoints and self.dist.is_main:
+            ckpt.prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
 
     def save_on_interrupt(self) -> None:
         step = self.state.step

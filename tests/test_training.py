@@ -157,3 +157,11 @@ def test_resume_from_a_checkpoint_saved_in_several_files(tiny_model_dir, tiny_da
 
     a, b = read_saved_weights(whole.final_dir, "cpu"), read_saved_weights(resumed.final_dir, "cpu")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_checkpoints_keeps_the_newest(tiny_model_dir, tiny_data, tmp_path):
+    tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_every=1, keep_checkpoints=2)
+    result = train(validate_tree(tree), show_progress=False)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-5", "step-6"] and result.steps == 6
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-6"
