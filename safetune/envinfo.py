@@ -20,14 +20,18 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def git_commit(path: Path) -> str | None:
+def git_commit(package: Path) -> str | None:
+    """The commit of safetune's own checkout, or None: an installed copy that merely sits
+    inside another repository (a venv in a project) must not report that project's commit."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != package.parent.resolve():
+        return None
+    return lines[1]
 
 
 def collect_env() -> dict:

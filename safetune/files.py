@@ -24,5 +24,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def cache_root() -> Path:
-    """$SAFETUNE_CACHE, else ~/.cache/safetune: the lab model, baselines, tokenised data."""
+    """$SAFETUNE_CACHE, else ~/.cache/safetune: baselines, tokenised data, file hashes.
+    (The lab model has its own variable, $SAFETUNE_LAB_MODEL: `modeling.lab_model_dir`.)"""
     return Path(os.environ.get("SAFETUNE_CACHE") or Path.home() / ".cache" / "safetune").expanduser()

@@ -104,11 +104,6 @@ def lr_multiplier(schedule: str, warmup: int, total: int):
     return factor
 
 
-def trained_tokens(example: Example) -> int:
-    """Tokens the causal-LM loss averages over (labels shifted by one, masked ones out)."""
-    return example.trained_tokens
-
-
 def mean_loss(model, examples: list[Example], tokenizer, device, batch_size: int = 16) -> float | None:
     """Mean per-token cross-entropy over `examples` (the held-out task split)."""
     if not examples:
@@ -178,9 +173,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------- setup
     def setup(self, *, resume: bool = False, dry_run: bool = False) -> None:
+        """Everything before the first step, in order: run dir, model and data, baseline,
+        methods, optimizer, then a fresh start or the resumed state."""
         recipe = self.recipe
-        resume_from = None
         model_source(recipe.model)  # a model.path that is no model fails before the run dir is touched
+        resume_from = None
         if dry_run or not self.dist.is_main:
             self.run_dir = recipe.output_dir()
         else:
@@ -189,7 +186,23 @@ class Trainer:
         seed_everything(recipe.train.seed)  # the same on every rank: model set-up must not differ
         self.device = pick_device(recipe.train.device)
 
-        # model (+ a frozen aligned copy if a method needs one), tokenizer, data
+        reference = self.setup_model()
+        self.setup_data(dry_run)
+        # the untouched model's safety, so the final report can say what was kept
+        if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.mirrored():
+            ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress, self.dist)
+        self.dist.reshard(self.model)
+        self.dist.barrier()
+        self._segment_start = time.perf_counter()  # wall time: method setup + training, not the baseline
+        self.setup_methods(reference, dry_run)  # they may freeze parameters: before the optimizer
+        self.setup_optimizer()
+        if not dry_run:
+            self.start_or_resume(resume_from)
+
+    def setup_model(self):
+        """Tokenizer, methods, the model (LoRA, checkpointing; sharded under FSDP) and, if a
+        method wants one, a frozen copy of the aligned model (returned)."""
+        recipe = self.recipe
         self.tokenizer = load_tokenizer(recipe.model)
         self.methods: list[SafetyMethod] = build_methods(recipe.method)
         wants_reference = any(m.needs_reference_model for m in self.methods)
@@ -198,12 +211,17 @@ class Trainer:
         else:
             self.model = self.prepare_model(load_model(recipe.model, device=self.device))
             reference = copy.deepcopy(self.model).eval().requires_grad_(False) if wants_reference else None
+        return reference
+
+    def setup_data(self, dry_run: bool) -> None:
+        """Tokenised data, the audit of data.train (while the model is the aligned one), packing
+        and the batch schedule."""
+        recipe = self.recipe
         self.data = build_training_data(recipe.data, self.tokenizer, recipe.train.seed)
         if self.dist.is_main:
             for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
                 print(note, file=sys.stderr)
-        # first, while the model is the aligned one: a data audit may drop harmful rows from data.train
-        # (rank 0 audits; the others keep exactly the rows it kept)
+        # a data audit may drop harmful rows from data.train (every rank ends with rank 0's choice)
         everything = self.data.train
         if self.dist.mirrored():
             self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
@@ -222,14 +240,9 @@ class Trainer:
                                       recipe.train.seed, recipe.data.shuffle)
         self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch)
 
-        # the untouched model's safety, so the final report can say what was kept
-        if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.mirrored():
-            ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress, self.dist)
-        self.dist.reshard(self.model)
-        self.dist.barrier()
-        self._segment_start = time.perf_counter()  # wall time: method setup + training, not the baseline
-
-        # safety methods (they may freeze parameters, so before the optimizer)
+    def setup_methods(self, reference, dry_run: bool) -> None:
+        """The methods' context, each method's setup, the parameters they freeze."""
+        recipe = self.recipe
         self.ctx = MethodContext(
             model=self.model, tokenizer=self.tokenizer, recipe=recipe, device=self.device,
             run_dir=None if dry_run else self.run_dir,  # a dry run leaves the run dir untouched
@@ -248,7 +261,9 @@ class Trainer:
         if not self.trainable:
             raise SafetuneError("method: every parameter is frozen; nothing left to train")
 
-        # optimizer, LR schedule, mixed precision
+    def setup_optimizer(self) -> None:
+        """Optimizer, LR schedule, the DDP/FSDP (and compiled) training model, mixed precision."""
+        recipe = self.recipe
         self.optimizer = build_optimizer(recipe, self.trainable, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, self.total_steps)
@@ -262,8 +277,9 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
-        if dry_run:
-            return
+    def start_or_resume(self, resume_from: Path | None) -> None:
+        """The monitor, then the checkpoint's state (resume) or the run's first files."""
+        recipe = self.recipe
         if recipe.monitor.every:
             self.monitor = SafetyMonitor(recipe, self.model, self.tokenizer)
         self.state.world_size = self.dist.world_size
@@ -455,7 +471,7 @@ class Trainer:
             for method in self.methods:
                 examples = method.prepare_batch(ctx, examples, micro_step)
             micro_batches.append(examples)
-        step_tokens = max(1, sum(trained_tokens(e) for examples in micro_batches for e in examples))
+        step_tokens = max(1, sum(e.trained_tokens for examples in micro_batches for e in examples))
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         # Each rank's share of a micro-batch, split in two by length when that saves much padding
@@ -469,7 +485,7 @@ class Trainer:
         for index, mine in enumerate(passes):
             batch = ctx.batch_to_device(mine)
             # DDP averages gradients over ranks: x world_size makes that average a token-weighted sum
-            weight = sum(trained_tokens(e) for e in mine) / step_tokens * dist.world_size
+            weight = sum(e.trained_tokens for e in mine) / step_tokens * dist.world_size
             last = index == len(passes) - 1
             # DDP: all-reduce on the last pass only. FSDP reduce-scatters every micro-batch:
             # skipping it would keep every layer's whole gradient in memory, which FSDP exists to avoid.
