@@ -178,6 +178,9 @@ class SafeGradMethod(Section):
     borderline_margin: float | None = Field(
         None, ge=0.0, lt=1.0, description="separate constraints: the borderline constraint's margin (default: margin)"
     )
+    restore: float = Field(
+        0.0, ge=0.0, description="at each fresh safety gradient s, also step down the safety loss: .grad += restore·s"
+    )
 
     @model_validator(mode="after")
     def _separate_needs_borderline(self) -> "SafeGradMethod":

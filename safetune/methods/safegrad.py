@@ -23,6 +23,10 @@ Options (both spaces):
 - `safety_every: k`: recompute s every k steps and reuse the cached s in between.
 - `safety_tokens: k`: L_s over the first k response tokens of each safety example only,
   where the refuse-or-answer decision is made (`safety_signal.first_response_tokens`).
+- `restore: μ` (for `safety_every: k` > 1): at each fresh s also add μ·s to the gradient
+  (μ·(s_refusals + s_borderline) with separate constraints), a step *down* the safety loss
+  from the gradient just computed, at no extra pass. Between refreshes the projection
+  against a stale s only slows the drift; the periodic descent pulls the boundary back.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
@@ -284,9 +288,12 @@ class SafeGrad(SafetyMethod):
         if self.config.projection == "per_layer" and self.groups is None:
             self.groups = layer_groups(ctx.model, [n for n, _ in named])
         self.refresh_safety_gradient(ctx, self.params)
-        if self.config.space == "update":
-            return {}  # the applied update is projected in after_step
-        return self.project([p.grad for p in self.params], applied=False)
+        stats = {} if self.config.space == "update" else self.project([p.grad for p in self.params], applied=False)
+        if self.config.restore and self.cached_at == ctx.step:  # a fresh s: descend the safety loss too
+            for part in self.cached_parts():
+                torch._foreach_add_([local_shard(p.grad) for p in self.params], [local_shard(s) for s in part],
+                                    alpha=self.config.restore)
+        return stats  # in update space the applied update is projected in after_step
 
     def before_step(self, ctx: MethodContext) -> None:
         if self.config.space == "update":
