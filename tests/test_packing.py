@@ -12,7 +12,7 @@ from safetune.data import (IGNORE_INDEX, Example, build_training_data, collate, 
 from safetune.errors import RecipeError, SafetuneError
 from safetune.modeling import load_tokenizer
 from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
-from safetune.training import Trainer, next_token_loss, trained_tokens
+from safetune.training import Trainer, next_token_loss
 
 
 def examples_of(tiny_model_dir, tiny_data, max_seq_len=64):
@@ -41,7 +41,7 @@ def test_packing_keeps_every_token_of_every_example_once(tiny_model_dir, tiny_da
     original = Counter((tuple(e.input_ids), tuple(e.labels[1:])) for e in examples)
     assert Counter((tuple(ids), tuple(labels[1:])) for ids, labels in unpacked) == original
     assert all(labels[0] == IGNORE_INDEX for _, labels in unpacked), "no target across an example boundary"
-    assert sum(map(trained_tokens, packs)) == sum(map(trained_tokens, examples))
+    assert sum(e.trained_tokens for e in packs) == sum(e.trained_tokens for e in examples)
     # a pure function of the seed
     again = pack_examples(examples, max_seq_len=64, seed=0)
     assert [p.input_ids for p in again] == [p.input_ids for p in packs]
@@ -146,8 +146,8 @@ def test_batch_split_by_length_gives_the_same_gradient(model_dir, tiny_data):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     params = list(model.parameters())
     whole = next_token_loss(model, collate(short + long, tokenizer.pad_token_id))
-    total = sum(map(trained_tokens, short + long))
-    split = sum(next_token_loss(model, collate(g, tokenizer.pad_token_id)) * sum(map(trained_tokens, g)) / total
+    total = sum(e.trained_tokens for e in short + long)
+    split = sum(next_token_loss(model, collate(g, tokenizer.pad_token_id)) * sum(e.trained_tokens for e in g) / total
                 for g in groups)
     torch.testing.assert_close(split, whole, atol=1e-6, rtol=0)
     for a, b in zip(torch.autograd.grad(split, params), torch.autograd.grad(whole, params)):
