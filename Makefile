@@ -16,7 +16,7 @@ PYTEST = status=0; $(BIN)/python -m pytest -q $(1) || status=$$?; \
 $(BIN)/safetune: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first: the project's own range (torch>=2.2,<3) is then already satisfied,
+	# torch first: the project's own range (torch>=2.6,<3) is then already satisfied,
 	# so pip never swaps in a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
