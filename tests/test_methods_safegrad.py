@@ -214,11 +214,13 @@ def test_safety_average_is_an_exponential_average_of_recomputations():
     assert torch.allclose(method.cached[0], torch.tensor([3.0, 2.0]))  # 0.75·[4,0] + 0.25·[0,8]
 
 
+@pytest.mark.parametrize("restore_on", ["fresh", "every_step"])
 @pytest.mark.parametrize("separate", [False, True], ids=["joint", "separate"])
-def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate):
-    """restore: μ adds μ·s to the (projected) gradient on the steps that computed s, and only then."""
+def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate, restore_on):
+    """restore: μ adds μ·s to the (projected) gradient on the steps that computed s, and only then
+    (`restore_on: every_step`: at every step, with the cached s)."""
     extra = {"safety_data": "refusals_and_borderline", "constraints": "separate"} if separate else {}
-    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, restore=3.0, **extra))
+    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, restore=3.0, restore_on=restore_on, **extra))
     weight = torch.nn.Parameter(torch.zeros(2))
     s1, s2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     method.safety_gradient = lambda ctx, params: [[s1], [s2]] if separate else [s1 + s2]
@@ -227,8 +229,36 @@ def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate
         ctx = SimpleNamespace(step=step, broadcast_tensors=lambda t: None, model=None,
                               trainable_parameters=lambda: [("w", weight)])
         method.after_backward(ctx)
-        expected = torch.tensor([1.0, 1.0]) + (3.0 * (s1 + s2) if fresh else 0.0)
+        expected = torch.tensor([1.0, 1.0]) + (3.0 * (s1 + s2) if fresh or restore_on == "every_step" else 0.0)
         assert torch.allclose(weight.grad, expected), (step, weight.grad)
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["joint", "separate"])
+def test_cached_gram_is_recomputed_with_each_fresh_safety_gradient(separate):
+    """SafeGrad keeps s's Gram statistics between refreshes; every step must project exactly as
+    a projection that computes them from the cached s itself would."""
+    extra = {"safety_data": "refusals_and_borderline", "constraints": "separate"} if separate else {}
+    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, **extra))
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(5))
+    fresh = []
+
+    def draw(ctx, params):
+        parts = [[torch.randn(5, generator=gen)] for _ in range(2 if separate else 1)]
+        fresh.append(parts)
+        return parts if separate else parts[0]
+
+    method.safety_gradient = draw
+    for step in range(6):
+        grad = torch.randn(5, generator=gen)
+        weight.grad = grad.clone()
+        ctx = SimpleNamespace(step=step, broadcast_tensors=lambda t: None, model=None,
+                              trainable_parameters=lambda: [("w", weight)])
+        method.after_backward(ctx)
+        expected = [grad.clone()]
+        project_conflicting(expected, fresh[-1] if separate else fresh[-1][0], "global")  # gram from s
+        assert torch.equal(weight.grad, expected[0]), step
+    assert len(fresh) == 3 and method.gram_of == 4
 
 
 # --------------------------------------------------------------------------- update space: inside the real loop

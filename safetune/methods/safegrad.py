@@ -27,6 +27,9 @@ Options (both spaces):
   (μ·(s_refusals + s_borderline) with separate constraints), a step *down* the safety loss
   from the gradient just computed, at no extra pass. Between refreshes the projection
   against a stale s only slows the drift; the periodic descent pulls the boundary back.
+  `restore_on: every_step` adds μ·s (the cached s) at every step instead: AdamW normalises
+  each coordinate, so one impulse every k steps moves the weights about as far as a small
+  one, while a steady term is applied at every step.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
@@ -45,7 +48,10 @@ Options (both spaces):
 Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
 keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
 The dot products and the projection work one tensor at a time (no further gradient-size
-copy) and without a host sync: nothing waits for the GPU until the loop logs.
+copy) and without a host sync: nothing waits for the GPU until the loop logs. The Gram
+statistics of the cached s (‖s‖², or s1·s1, s1·s2, s2·s2) change only when s does, so they
+are computed once per refresh (`safety_gram`), not at every step: per step there is one dot
+product per constraint and tensor, one norm and one fused update (`_foreach_addcmul_`).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ def project_conflicting(
     second_margin: float | None = None,
     groups: list[int] | None = None,
     target: list[torch.Tensor] | None = None,
+    gram: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Remove the component of `vectors` along `safety` where they conflict.
 
@@ -79,7 +86,8 @@ def project_conflicting(
     `applied=True`: `vectors` are applied changes d: L_s rises by ≈ d·s.
     mode `global` uses one group; `per_tensor` one group per tensor; `groups` (a group id
     per tensor) gives any other grouping. The correction -c·s is added to `target`
-    (default: `vectors` themselves) in place.
+    (default: `vectors` themselves) in place. `gram` is `safety_gram(safety)` when the
+    caller has it cached (it is computed here otherwise).
 
     Returns cos(step, -s) before surgery (negative = conflict), whether anything was
     projected, and the norm removed.
@@ -91,18 +99,21 @@ def project_conflicting(
     vectors = [local_shard(v) for v in vectors]
     target = vectors if target is None else [local_shard(t) for t in target]
     sign = 1.0 if applied else -1.0  # L_s rises by ≈ sign · (v·s) along the step
+    if gram is None:
+        gram = safety_gram(safety)
     if isinstance(safety[0], (list, tuple)):
         first, second = ([local_shard(s) for s in part] for part in safety)
         index, count = group_index(mode, len(vectors), groups, vectors[0].device)
         margins = (margin, margin if second_margin is None else second_margin)
-        return project_pair(vectors, first, second, target, sign=sign, margins=margins, index=index, count=count,
-                            sharded=sharded)
+        return project_pair(vectors, first, second, target, gram, sign=sign, margins=margins, index=index,
+                            count=count, sharded=sharded)
     safety = [local_shard(s) for s in safety]
-    # one tensor's product at a time: never a second copy of the whole gradient
+    # (v * s).sum() rather than tensor_dots: the one-gradient rule keeps the published
+    # method's rounding bit for bit (tests/test_methods_safegrad.py)
     sums = torch.stack([torch.stack([(v * s).sum() for v, s in zip(vectors, safety)]).float(),
-                        torch.stack(torch._foreach_norm(safety)).float() ** 2,
                         torch.stack(torch._foreach_norm(vectors)).float() ** 2])
-    dots, safety_sq, vector_sq = sum_over_shards(sums, sharded)
+    dots, vector_sq = sum_over_shards(sums, sharded)
+    safety_sq = gram[0]
     # No host sync below (no float(), no branch on a value): the statistics stay tensors
     # until the loop logs them, and "no conflict" is a coefficient of 0.
     cosine = -sign * dots.sum() / (vector_sq.sum().sqrt() * safety_sq.sum().sqrt()).clamp(min=1e-20)
@@ -126,10 +137,28 @@ def project_conflicting(
     coefficients = torch.where(conflict, sign * (rise - allowed) / group_safety_sq.clamp(min=1e-30),
                                torch.zeros_like(rise))
     for tensor, direction, coefficient in zip(target, safety, coefficients[index].unbind()):
-        tensor.sub_(direction * coefficient)
+        tensor.sub_(direction * coefficient)  # not a fused addcmul: the published rule's rounding
     removed = (coefficients**2 * group_safety_sq).sum().sqrt()
     return {"cosine": cosine, "projected": conflict.any().float(), "removed_norm": removed,
             "conflicting_groups": conflict.sum() / present.sum().clamp(min=1)}
+
+
+def tensor_dots(first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.Tensor:
+    """The dot product of each pair of tensors, as float32: one fused kernel per pair and no
+    temporary of the tensor's size (never a second copy of the whole gradient)."""
+    return torch.stack([torch.vdot(a.reshape(-1), b.reshape(-1)) for a, b in zip(first, second)]).float()
+
+
+def safety_gram(safety) -> torch.Tensor:
+    """Per-tensor Gram statistics of the safety gradient(s), summed over FSDP shards: a
+    (1, tensors) row of ‖s‖² for one gradient, (3, tensors) rows s1·s1, s1·s2, s2·s2 for a
+    pair. They depend on s only, so SafeGrad computes them once per refresh of s."""
+    if isinstance(safety[0], (list, tuple)):
+        first, second = ([local_shard(s) for s in part] for part in safety)
+        rows = torch.stack([tensor_dots(first, first), tensor_dots(first, second), tensor_dots(second, second)])
+        return sum_over_shards(rows, is_sharded(safety[0][0]))
+    local = [local_shard(s) for s in safety]
+    return sum_over_shards(torch.stack(torch._foreach_norm(local)).float()[None] ** 2, is_sharded(safety[0]))
 
 
 def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tuple[torch.Tensor, int]:
@@ -141,7 +170,7 @@ def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tu
     return torch.tensor(groups, device=device), max(groups) + 1
 
 
-def project_pair(vectors, first, second, target, *, sign: float, margins: tuple[float, float], index: torch.Tensor,
+def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: float, margins: tuple[float, float], index: torch.Tensor,
                  count: int, sharded: bool) -> dict[str, float]:
     """The step closest to the original for which neither safety loss rises (per group):
     `project_conflicting` with two constraint gradients `first` (s1) and `second` (s2).
@@ -157,16 +186,10 @@ def project_pair(vectors, first, second, target, *, sign: float, margins: tuple[
     constraints cannot both hold, e.g. s2 ≈ -s1 with a margin), the sum s1 + s2 is
     projected as one constraint (the `joint` rule). No host sync; FSDP shards as above.
     """
-    per_tensor = torch.stack([
-        torch.stack([(v * s).sum() for v, s in zip(vectors, first)]),
-        torch.stack([(v * s).sum() for v, s in zip(vectors, second)]),
-        torch.stack([(a * b).sum() for a, b in zip(first, first)]),
-        torch.stack([(a * b).sum() for a, b in zip(first, second)]),
-        torch.stack([(b * b).sum() for b in second]),
-        torch.stack(torch._foreach_norm(vectors)) ** 2,
-    ]).float()
-    per_tensor = sum_over_shards(per_tensor, sharded)
-    dot1, dot2, g11, g12, g22, vector_sq = torch.zeros(6, count, device=per_tensor.device).index_add_(
+    per_tensor = torch.stack([tensor_dots(vectors, first), tensor_dots(vectors, second),
+                              torch.stack(torch._foreach_norm(vectors)).float() ** 2])
+    per_tensor = torch.cat([sum_over_shards(per_tensor, sharded), gram])  # gram: already summed over shards
+    dot1, dot2, vector_sq, g11, g12, g22 = torch.zeros(6, count, device=per_tensor.device).index_add_(
         1, index, per_tensor)
     margin1, margin2 = margins
     e1 = sign * dot1 + margin1 * (vector_sq * g11).sqrt()
@@ -200,8 +223,8 @@ def project_pair(vectors, first, second, target, *, sign: float, margins: tuple[
     joint = torch.where((joint_e > 0) & (joint_sq > 0), joint_e / joint_sq.clamp(min=1e-30), zero)
     lambda1, lambda2 = torch.where(stuck, joint, lambda1), torch.where(stuck, joint, lambda2)
     # u' = u - λ1 s1 - λ2 s2, i.e. v' = v - sign·(λ1 s1 + λ2 s2) for v = sign·u
-    for tensor, a, b, k in zip(target, first, second, index.unbind()):
-        tensor.sub_(sign * (lambda1[k] * a + lambda2[k] * b))
+    torch._foreach_addcmul_(target, first, list(lambda1[index].unbind()), value=-sign)
+    torch._foreach_addcmul_(target, second, list(lambda2[index].unbind()), value=-sign)
     corrected = lambda1**2 * g11 + 2 * lambda1 * lambda2 * g12 + lambda2**2 * g22
     joint_dot = -sign * (dot1 + dot2).sum()
     cosine = joint_dot / (vector_sq.sum().sqrt() * joint_sq.sum().clamp(min=0).sqrt()).clamp(min=1e-20)
@@ -231,6 +254,8 @@ class SafeGrad(SafetyMethod):
         self.params: list[torch.nn.Parameter] = []  # this step's parameters, in the order of `cached`
         self.groups: list[int] | None = None
         self.before: list[torch.Tensor] | None = None
+        self.gram: torch.Tensor | None = None  # safety_gram(cached), for the s of step `gram_of`
+        self.gram_of: int | None = None
 
     def setup(self, ctx: MethodContext) -> None:
         safety_batch(ctx, 1, draw=0)  # fail early, with a clear message, when there is no safety data
@@ -275,9 +300,11 @@ class SafeGrad(SafetyMethod):
             self.recomputed += 1
 
     def project(self, vectors, *, applied: bool, target=None) -> dict[str, float]:
+        if self.gram is None or self.gram_of != self.cached_at:  # s is new (or restored by a resume)
+            self.gram, self.gram_of = safety_gram(self.cached), self.cached_at
         stats = project_conflicting(vectors, self.cached, self.config.projection, applied=applied,
                                     margin=self.config.margin, second_margin=self.config.borderline_margin,
-                                    groups=self.groups, target=target)
+                                    groups=self.groups, target=target, gram=self.gram)
         self.steps += 1
         self.projections = self.projections + stats["projected"]  # a tensor: summed without a host sync
         return {f"safegrad/{key}": value for key, value in stats.items()}
@@ -289,7 +316,7 @@ class SafeGrad(SafetyMethod):
             self.groups = layer_groups(ctx.model, [n for n, _ in named])
         self.refresh_safety_gradient(ctx, self.params)
         stats = {} if self.config.space == "update" else self.project([p.grad for p in self.params], applied=False)
-        if self.config.restore and self.cached_at == ctx.step:  # a fresh s: descend the safety loss too
+        if self.config.restore and (self.cached_at == ctx.step or self.config.restore_on == "every_step"):
             for part in self.cached_parts():
                 torch._foreach_add_([local_shard(p.grad) for p in self.params], [local_shard(s) for s in part],
                                     alpha=self.config.restore)
