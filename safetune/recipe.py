@@ -181,9 +181,6 @@ class SafeGradMethod(Section):
     restore: float = Field(
         0.0, ge=0.0, description="at each fresh safety gradient s, also step down the safety loss: .grad += restore·s"
     )
-    restore_on: Literal["fresh", "every_step"] = Field(
-        "fresh", description="restore at the steps that compute s (fresh), or at every step with the cached s"
-    )
 
     @model_validator(mode="after")
     def _separate_needs_borderline(self) -> "SafeGradMethod":

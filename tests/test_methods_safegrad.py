@@ -214,13 +214,11 @@ def test_safety_average_is_an_exponential_average_of_recomputations():
     assert torch.allclose(method.cached[0], torch.tensor([3.0, 2.0]))  # 0.75·[4,0] + 0.25·[0,8]
 
 
-@pytest.mark.parametrize("restore_on", ["fresh", "every_step"])
 @pytest.mark.parametrize("separate", [False, True], ids=["joint", "separate"])
-def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate, restore_on):
-    """restore: μ adds μ·s to the (projected) gradient on the steps that computed s, and only then
-    (`restore_on: every_step`: at every step, with the cached s)."""
+def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate):
+    """restore: μ adds μ·s to the (projected) gradient on the steps that computed s, and only then."""
     extra = {"safety_data": "refusals_and_borderline", "constraints": "separate"} if separate else {}
-    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, restore=3.0, restore_on=restore_on, **extra))
+    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, restore=3.0, **extra))
     weight = torch.nn.Parameter(torch.zeros(2))
     s1, s2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     method.safety_gradient = lambda ctx, params: [[s1], [s2]] if separate else [s1 + s2]
@@ -229,7 +227,7 @@ def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate
         ctx = SimpleNamespace(step=step, broadcast_tensors=lambda t: None, model=None,
                               trainable_parameters=lambda: [("w", weight)])
         method.after_backward(ctx)
-        expected = torch.tensor([1.0, 1.0]) + (3.0 * (s1 + s2) if fresh or restore_on == "every_step" else 0.0)
+        expected = torch.tensor([1.0, 1.0]) + (3.0 * (s1 + s2) if fresh else 0.0)
         assert torch.allclose(weight.grad, expected), (step, weight.grad)
 
 

@@ -27,9 +27,6 @@ Options (both spaces):
   (μ·(s_refusals + s_borderline) with separate constraints), a step *down* the safety loss
   from the gradient just computed, at no extra pass. Between refreshes the projection
   against a stale s only slows the drift; the periodic descent pulls the boundary back.
-  `restore_on: every_step` adds μ·s (the cached s) at every step instead: AdamW normalises
-  each coordinate, so one impulse every k steps moves the weights about as far as a small
-  one, while a steady term is applied at every step.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
@@ -316,7 +313,7 @@ class SafeGrad(SafetyMethod):
             self.groups = layer_groups(ctx.model, [n for n, _ in named])
         self.refresh_safety_gradient(ctx, self.params)
         stats = {} if self.config.space == "update" else self.project([p.grad for p in self.params], applied=False)
-        if self.config.restore and (self.cached_at == ctx.step or self.config.restore_on == "every_step"):
+        if self.config.restore and self.cached_at == ctx.step:  # a fresh s: descend the safety loss too
             for part in self.cached_parts():
                 torch._foreach_add_([local_shard(p.grad) for p in self.params], [local_shard(s) for s in part],
                                     alpha=self.config.restore)
