@@ -50,9 +50,8 @@ bench: setup
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_trainer.py  # safetune's loop vs transformers.Trainer: prints the ratio
 	$(BIN)/python bench/lab_bench.py      # every method x task x setting x 3 seeds; rewrites README Results
-	# the cost table: one run at a time, configs interleaved (bench/results/cost)
-	$(BIN)/python bench/lab_bench.py --tasks sentiment --configs standard,mix,safegrad,safegrad-k4,ewc,sap,token-weighting,defended \
-		--settings benign --seeds 0 1 --jobs 1 --no-readme --out runs/bench-cost --results bench/results/cost
+	# the cost table: each method's step time / standard's, interleaved blocks in one process (bench/results/methods.md)
+	$(BIN)/python bench/bench_methods.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -91,3 +91,22 @@ def test_lab_bench_quick(built_lab, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "results" / "lab_quick.json").read_text())["summary"]
     assert {entry["config"] for entry in summary} == {"standard", "mix", "ewc"}
+
+
+@pytest.mark.slow
+def test_bench_methods_smoke(built_lab, tmp_path):
+    """`python bench/bench_methods.py` (the cost step of `make bench`) times interleaved blocks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"SAFETUNE_LAB_MODEL": str(built_lab)}
+    done = subprocess.run([sys.executable, str(root / "bench" / "bench_methods.py"), "--configs", "ewc",
+                           "--rounds", "2", "--block", "2", "--results", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads((tmp_path / "methods.json").read_text())["configs"]
+    assert list(rows) == ["standard", "ewc"] and rows["standard"]["ratio"] == 1.0
+    assert len(rows["ewc"]["blocks_s"]) == 2 and rows["ewc"]["ratio"] > 0

@@ -167,8 +167,8 @@ def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tu
     return torch.tensor(groups, device=device), max(groups) + 1
 
 
-def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: float, margins: tuple[float, float], index: torch.Tensor,
-                 count: int, sharded: bool) -> dict[str, float]:
+def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: float, margins: tuple[float, float],
+                 index: torch.Tensor, count: int, sharded: bool) -> dict[str, float]:
     """The step closest to the original for which neither safety loss rises (per group):
     `project_conflicting` with two constraint gradients `first` (s1) and `second` (s2).
 
@@ -182,6 +182,7 @@ def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: fl
     and the valid set with the smallest correction λᵀGλ wins. If none is valid (the two
     constraints cannot both hold, e.g. s2 ≈ -s1 with a margin), the sum s1 + s2 is
     projected as one constraint (the `joint` rule). No host sync; FSDP shards as above.
+    `gram` holds G per tensor (`safety_gram`), so a step computes only u·s1, u·s2 and ‖u‖².
     """
     per_tensor = torch.stack([tensor_dots(vectors, first), tensor_dots(vectors, second),
                               torch.stack(torch._foreach_norm(vectors)).float() ** 2])

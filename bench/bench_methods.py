@@ -1,0 +1,150 @@
+"""What each safety method costs per optimizer step, relative to plain fine-tuning, in one process.
+
+    python bench/bench_methods.py                        # the lab's sentiment recipes, one thread
+    python bench/bench_methods.py --configs standard,safegrad,safegrad-k16 --rounds 8
+
+Every configuration is a lab recipe (`recipes/lab/<task>-<config>.yaml`), on benign task
+data or, written `<config>@harmful-10%`, on the task data with 10 % harmful rows (the lab
+bench's settings); each gets its own Trainer, set up once (model, data, the method's own set-up such as EWC's Fisher or the data
+audit: not timed). Then blocks of `--block` optimizer steps run config after config, for
+`--rounds` rounds, the order reversed every other round (ABBA...), after one warm-up block
+each. A config's figure is the median over rounds of its block time divided by the block
+time of `standard` on the same data in the same round: a machine that gets busier between rounds slows both sides of
+a ratio alike. This is steadier than timing whole runs in separate processes (the lab
+bench's step-time column), where the same recipe's runs differ by 10-20 % on this machine.
+
+`--block` should be a multiple of every `safety_every` / `every` in the recipes (16 covers
+the lab's 1, 2, 4 and 16), so each block holds the same share of amortised passes. The
+step is `Trainer.train_step` (forward, backward, the methods' hooks, the optimizer); the
+safety monitor and checkpoint writing are not part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+# `defended` is the configuration for training data that cannot be trusted: timed on such data
+DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k16", "safegrad", "sap", "token-weighting",
+                   "defended@harmful-10%"]
+
+
+def reference_of(config: str) -> str:
+    """`standard` on the same data: what a config's step time is divided by."""
+    _, _, setting = config.partition("@")
+    return f"standard@{setting}" if setting else "standard"
+
+
+def build_trainer(task: str, config: str, steps: int, scratch: Path):
+    from lab_bench import SETTINGS
+    from safetune.recipe import load_recipe
+    from safetune.training import Trainer
+
+    name, _, setting = config.partition("@")
+    if setting and setting not in SETTINGS:
+        raise SystemExit(f"bench_methods: unknown setting '{setting}' in '{config}' (known: {', '.join(SETTINGS)})")
+    overrides = SETTINGS[setting or "benign"] + [
+        f"train.max_steps={steps}", f"train.log_every={steps}", "eval.at_end=false",
+        f"output.dir={scratch / config.replace('@', '-').replace('%', '')}", "output.overwrite=true"]
+    trainer = Trainer(load_recipe(ROOT / "recipes" / "lab" / f"{task}-{name}.yaml", overrides), show_progress=False)
+    trainer.setup()
+    trainer.model.train()
+    return trainer
+
+
+def run_block(trainer, steps: int) -> tuple[float, float]:
+    """Wall and CPU seconds for `steps` optimizer steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        trainer.train_step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help="comma-separated, each <config> or <config>@<setting>; the standard runs they are "
+                             "divided by are added")
+    parser.add_argument("--block", type=int, default=16, help="optimizer steps per timed block")
+    parser.add_argument("--rounds", type=int, default=10, help="timed blocks per config (ABBA order)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the lab bench runs one-thread runs)")
+    parser.add_argument("--name", default="methods", help="results file name (.json, .md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    wanted = [c for c in args.configs.split(",") if c]
+    configs = list(dict.fromkeys([reference_of(c) for c in wanted] + wanted))  # the references first
+    steps = args.block * (args.rounds + 1)
+    with tempfile.TemporaryDirectory(prefix="bench-methods-") as scratch:
+        trainers = {}
+        for config in configs:
+            started = time.perf_counter()
+            trainers[config] = build_trainer(args.task, config, steps, Path(scratch))
+            print(f"set up {config} in {time.perf_counter() - started:.1f}s", flush=True)
+        for config in configs:  # warm-up block: first-call allocations, caches
+            run_block(trainers[config], args.block)
+        blocks: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
+        for round_index in range(args.rounds):
+            order = configs if round_index % 2 == 0 else configs[::-1]
+            for config in order:
+                blocks[config].append(run_block(trainers[config], args.block))
+            print(f"round {round_index + 1}/{args.rounds}: "
+                  + ", ".join(f"{c} {blocks[c][-1][0] / args.block * 1000:.0f}" for c in configs) + " ms/step",
+                  flush=True)
+
+    rows = {}
+    for config in configs:
+        mine, standard = blocks[config], blocks[reference_of(config)]
+        rows[config] = {
+            "relative_to": reference_of(config),
+            "ms_per_step": statistics.median(wall for wall, _ in mine) / args.block * 1000,
+            "ratio": statistics.median(a[0] / b[0] for a, b in zip(mine, standard)),
+            "cpu_ratio": statistics.median(a[1] / b[1] for a, b in zip(mine, standard)),
+            "ratio_range": [min(a[0] / b[0] for a, b in zip(mine, standard)),
+                            max(a[0] / b[0] for a, b in zip(mine, standard))],
+            "blocks_s": [round(wall, 4) for wall, _ in mine],
+        }
+    result = {
+        "command": " ".join(["python", "bench/bench_methods.py", *sys.argv[1:]]),
+        "task": args.task, "block": args.block, "rounds": args.rounds, "order": "ABBA",
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()), "configs": rows,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.results / f"{args.name}.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Step time of each method relative to `standard`", "",
+             f"`{result['command']}` — {result['platform']}, {result['cpu_count']} cores, "
+             f"{result['torch_threads']} torch thread(s), torch {result['torch']}. Lab task `{result['task']}`, "
+             f"blocks of {result['block']} optimizer steps, {result['rounds']} rounds in ABBA order after a "
+             "warm-up block; ratio = median over rounds of (the config's block time / the block time of "
+             "`standard` on the same data in the same round); `@harmful-10%`: task data with 10 % harmful rows.", "",
+             "| config | ms / step | step time × standard (same data) | range over rounds | CPU time × |", "|---|---:|---:|---|---:|"]
+    for config, row in result["configs"].items():
+        low, high = row["ratio_range"]
+        lines.append(f"| {config} | {row['ms_per_step']:.0f} | {row['ratio']:.2f} | {low:.2f}–{high:.2f} | "
+                     f"{row['cpu_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
