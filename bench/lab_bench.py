@@ -43,7 +43,7 @@ CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k16", "safegr
 # attack setting for the baselines and the configurations that might resist it. Still run with
 # --configs: `safegrad-k4` (SafeGrad amortised over 4 steps: it loses the over-refusal limit on lab v3,
 # 0.05-0.10; its cost is in the cost table, the last step of `make bench`), `safegrad-k16` (every 16
-# steps with `restore`: refusal within 1-3 points of k = 1, over-refusal 0.06-0.09), `mix-ewc` (superseded by
+# steps with `restore: 16`: refusal within 2 points of k = 1, over-refusal 0.07-0.10), `mix-ewc` (superseded by
 # `defended`: over-refusal 0.05-0.17 on lab v2) and `freeze`.
 BENCH_CONFIGS = ["standard", "mix", "safegrad", "ewc", "sap", "token-weighting", "defended"]
 HARMFUL_CONFIGS = ["standard", "mix", "safegrad", "ewc", "defended"]
