@@ -164,9 +164,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_da
     pytest.param({"name": "safegrad", "space": "update", "projection": "per_layer", "margin": 0.1},
                  marks=pytest.mark.slow),
     pytest.param([{"name": "freeze", "layers": [0]}, "safegrad"], marks=pytest.mark.slow),
+    # two constraints: the Gram statistics of the cached pair, summed over shards once per refresh
+    pytest.param({"name": "safegrad", "safety_data": "refusals_and_borderline", "constraints": "separate",
+                  "margin": 0.1, "safety_every": 2}, marks=pytest.mark.slow),
 ])
 def test_fsdp_two_processes_equal_one(tiny_model_dir, tiny_data, tmp_path, method):
     tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, method)
+    if isinstance(method, dict) and method.get("safety_data") == "refusals_and_borderline":
+        tree["data"]["borderline"] = {"path": str(tiny_data["task"])}  # any prompt -> answer rows will do
+        path.write_text(yaml.safe_dump(tree))
     one = train(validate_tree(tree), show_progress=False)
     two = run_torchrun(["-m", "safetune", "train", str(path), "train.batch_size=2", "train.distributed.strategy=fsdp",
                         f"output.dir={tmp_path / 'two'}", "--quiet"], tmp_path)
