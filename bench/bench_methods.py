@@ -78,7 +78,7 @@ def main() -> None:
                         help="comma-separated, each <config> or <config>@<setting>; the standard runs they are "
                              "divided by are added")
     parser.add_argument("--block", type=int, default=16, help="optimizer steps per timed block")
-    parser.add_argument("--rounds", type=int, default=10, help="timed blocks per config (ABBA order)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed blocks per config (ABBA order)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the lab bench runs one-thread runs)")
     parser.add_argument("--name", default="methods", help="results file name (.json, .md)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
