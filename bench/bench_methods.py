@@ -1,7 +1,7 @@
 """What each safety method costs per optimizer step, relative to plain fine-tuning, in one process.
 
     python bench/bench_methods.py                        # the lab's sentiment recipes, one thread
-    python bench/bench_methods.py --configs standard,safegrad,safegrad-k16 --rounds 8
+    python bench/bench_methods.py --configs standard,safegrad,safegrad-k24 --rounds 4
 
 Every configuration is a lab recipe (`recipes/lab/<task>-<config>.yaml`), on benign task
 data or, written `<config>@harmful-10%`, on the task data with 10 % harmful rows (the lab
@@ -13,8 +13,8 @@ time of `standard` on the same data in the same round: a machine that gets busie
 a ratio alike. This is steadier than timing whole runs in separate processes (the lab
 bench's step-time column), where the same recipe's runs differ by 10-20 % on this machine.
 
-`--block` should be a multiple of every `safety_every` / `every` in the recipes (16 covers
-the lab's 1, 2, 4 and 16), so each block holds the same share of amortised passes. The
+`--block` should be a multiple of every `safety_every` / `every` in the recipes (48 covers
+the lab's 1, 2, 4, 16 and 24), so each block holds the same share of amortised passes. The
 step is `Trainer.train_step` (forward, backward, the methods' hooks, the optimizer); the
 safety monitor and checkpoint writing are not part of it.
 """
@@ -36,7 +36,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 # `defended` is the configuration for training data that cannot be trusted: timed on such data
-DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k16", "safegrad", "sap", "token-weighting",
+DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k24", "safegrad", "sap", "token-weighting",
                    "defended@harmful-10%"]
 
 
@@ -77,8 +77,8 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated, each <config> or <config>@<setting>; the standard runs they are "
                              "divided by are added")
-    parser.add_argument("--block", type=int, default=16, help="optimizer steps per timed block")
-    parser.add_argument("--rounds", type=int, default=20, help="timed blocks per config (ABBA order)")
+    parser.add_argument("--block", type=int, default=48, help="optimizer steps per timed block")
+    parser.add_argument("--rounds", type=int, default=8, help="timed blocks per config (ABBA order)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the lab bench runs one-thread runs)")
     parser.add_argument("--name", default="methods", help="results file name (.json, .md)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")

@@ -37,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TASKS = ["sentiment", "extract", "count"]
-CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k16", "safegrad-update", "freeze", "ewc", "sap",
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegrad-update", "freeze", "ewc", "sap",
            "token-weighting", "mix-ewc", "defended"]  # the order of the tables
 # what `make bench` runs: every method once and the recommended combination (`defended`), benign; the
 # attack setting for the baselines and the configurations that might resist it. Still run with
 # --configs: `safegrad-k4` (SafeGrad amortised over 4 steps: it loses the over-refusal limit on lab v3,
-# 0.05-0.10; its cost is in the cost table, the last step of `make bench`), `safegrad-k16` (every 16
-# steps with `restore: 16`: refusal within 2 points of k = 1, over-refusal 0.07-0.10), `mix-ewc` (superseded by
+# 0.05-0.10; its cost is in the cost table, the last step of `make bench`), `safegrad-k24` (every 24
+# steps with `restore: 16`: refusal within 2 points of k = 1, over-refusal 0.05-0.15), `mix-ewc` (superseded by
 # `defended`: over-refusal 0.05-0.17 on lab v2) and `freeze`.
 BENCH_CONFIGS = ["standard", "mix", "safegrad", "ewc", "sap", "token-weighting", "defended"]
 HARMFUL_CONFIGS = ["standard", "mix", "safegrad", "ewc", "defended"]

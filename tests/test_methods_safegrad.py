@@ -255,7 +255,8 @@ def test_cached_gram_is_recomputed_with_each_fresh_safety_gradient(separate):
         method.after_backward(ctx)
         expected = [grad.clone()]
         project_conflicting(expected, fresh[-1] if separate else fresh[-1][0], "global")  # gram from s
-        assert torch.equal(weight.grad, expected[0]), step
+        # the pair is projected through stack_pair's rows (torch.mv): the same sums, another order
+        assert torch.allclose(weight.grad, expected[0], rtol=1e-6, atol=1e-6), step
     assert len(fresh) == 3 and method.gram_of == 4
 
 
@@ -466,6 +467,30 @@ def test_separate_constraints_give_the_nearest_step_that_raises_neither_loss(see
     allowed = [-m * float(u.norm() * flat(s).norm()) for m, s in zip(margins, (s1, s2))]
     project_conflicting(v, [s1, s2], applied=applied, margin=margin, second_margin=second)
     kkt_holds(u, sign * flat(v), flat(s1), flat(s2), allowed)
+
+
+@pytest.mark.parametrize("applied", [False, True])
+@pytest.mark.parametrize("mode", ["global", "per_tensor"])
+def test_stacked_pair_projects_like_the_separate_tensors(applied, mode):
+    """stack_pair (s1, s2 as rows of one buffer per tensor, for one pass per tensor) changes
+    how the sums run, not what the projection is; s1 and s2 become views of the buffers."""
+    from safetune.methods.safegrad import stack_pair
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(3, 2), (4,), (2, 2, 2)]
+    for trial in range(8):
+        v = [torch.randn(s, generator=gen) for s in shapes]
+        pair = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+        if trial % 2:  # nearly opposed: both constraints active at once
+            pair[1] = [-0.7 * a + 0.4 * b for a, b in zip(*pair)]
+        expected = [t.clone() for t in v]
+        plain = project_conflicting(expected, pair, mode, applied=applied, margin=0.1, second_margin=0.3)
+        stacked = stack_pair(pair)
+        assert all(part[i].data_ptr() == stacked[i][j].data_ptr() for j, part in enumerate(pair) for i in range(3))
+        fast = project_conflicting(v, pair, mode, applied=applied, margin=0.1, second_margin=0.3, stacked=stacked)
+        for got, want in zip(v, expected):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert float(fast["projected"]) == float(plain["projected"])
 
 
 def test_separate_constraints_hold_per_group():

@@ -49,6 +49,12 @@ copy) and without a host sync: nothing waits for the GPU until the loop logs. Th
 statistics of the cached s (‖s‖², or s1·s1, s1·s2, s2·s2) change only when s does, so they
 are computed once per refresh (`safety_gram`), not at every step: per step there is one dot
 product per constraint and tensor, one norm and one fused update (`_foreach_addcmul_`).
+With two constraints (not under FSDP) s1 and s2 are stored as the two rows of one
+[2, numel] buffer per tensor (`stack_pair`: the same memory, s1 and s2 are views of it), so
+both dot products are one matrix-vector product (`torch.mv`) and the update one `addmv_`:
+each pass reads the step once instead of twice. The step is memory-bound on a CPU (a few
+flops per number read), so that takes the stale step of `safety_every: k` from ~6.5 to
+~4.5 ms on the lab model (a `standard` step: ~85 ms).
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def project_conflicting(
     groups: list[int] | None = None,
     target: list[torch.Tensor] | None = None,
     gram: torch.Tensor | None = None,
+    stacked: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Remove the component of `vectors` along `safety` where they conflict.
 
@@ -84,7 +91,8 @@ def project_conflicting(
     mode `global` uses one group; `per_tensor` one group per tensor; `groups` (a group id
     per tensor) gives any other grouping. The correction -c·s is added to `target`
     (default: `vectors` themselves) in place. `gram` is `safety_gram(safety)` when the
-    caller has it cached (it is computed here otherwise).
+    caller has it cached (it is computed here otherwise). `stacked` is `stack_pair(safety)`
+    when the caller has it (a pair only): the same projection, fewer passes over memory.
 
     Returns cos(step, -s) before surgery (negative = conflict), whether anything was
     projected, and the norm removed.
@@ -103,7 +111,7 @@ def project_conflicting(
         index, count = group_index(mode, len(vectors), groups, vectors[0].device)
         margins = (margin, margin if second_margin is None else second_margin)
         return project_pair(vectors, first, second, target, gram, sign=sign, margins=margins, index=index,
-                            count=count, sharded=sharded)
+                            count=count, sharded=sharded, stacked=stacked)
     safety = [local_shard(s) for s in safety]
     # (v * s).sum() rather than tensor_dots: the one-gradient rule keeps the published
     # method's rounding bit for bit (tests/test_methods_safegrad.py)
@@ -146,6 +154,18 @@ def tensor_dots(first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.
     return torch.stack([torch.vdot(a.reshape(-1), b.reshape(-1)) for a, b in zip(first, second)]).float()
 
 
+def stack_pair(pair: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Store a constraint pair (s1, s2) as one [2, numel] buffer per tensor, in place: each
+    pair[0][i], pair[1][i] becomes a view of row 0 / 1 of buffer i (built one tensor at a
+    time, so memory peaks at one tensor more, not one gradient more). Returns the buffers."""
+    buffers = []
+    for i, (a, b) in enumerate(zip(*pair)):
+        buffer = torch.stack([a.reshape(-1), b.reshape(-1)])
+        pair[0][i], pair[1][i] = buffer[0].view_as(a), buffer[1].view_as(b)
+        buffers.append(buffer)
+    return buffers
+
+
 def safety_gram(safety) -> torch.Tensor:
     """Per-tensor Gram statistics of the safety gradient(s), summed over FSDP shards: a
     (1, tensors) row of ‖s‖² for one gradient, (3, tensors) rows s1·s1, s1·s2, s2·s2 for a
@@ -168,7 +188,8 @@ def group_index(mode: str, tensors: int, groups: list[int] | None, device) -> tu
 
 
 def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: float, margins: tuple[float, float],
-                 index: torch.Tensor, count: int, sharded: bool) -> dict[str, float]:
+                 index: torch.Tensor, count: int, sharded: bool,
+                 stacked: list[torch.Tensor] | None = None) -> dict[str, float]:
     """The step closest to the original for which neither safety loss rises (per group):
     `project_conflicting` with two constraint gradients `first` (s1) and `second` (s2).
 
@@ -182,10 +203,16 @@ def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: fl
     and the valid set with the smallest correction λᵀGλ wins. If none is valid (the two
     constraints cannot both hold, e.g. s2 ≈ -s1 with a margin), the sum s1 + s2 is
     projected as one constraint (the `joint` rule). No host sync; FSDP shards as above.
-    `gram` holds G per tensor (`safety_gram`), so a step computes only u·s1, u·s2 and ‖u‖².
+    `gram` holds G per tensor (`safety_gram`), so a step computes only u·s1, u·s2 and ‖u‖²;
+    with `stacked` (`stack_pair`) both dot products of a tensor are one matrix-vector product.
     """
-    per_tensor = torch.stack([tensor_dots(vectors, first), tensor_dots(vectors, second),
-                              torch.stack(torch._foreach_norm(vectors)).float() ** 2])
+    # the [2, numel] rows are only usable on tensors that are one block of memory
+    stacked = stacked if stacked is not None and all(t.is_contiguous() for t in (*vectors, *target)) else None
+    if stacked is None:
+        dots = torch.stack([tensor_dots(vectors, first), tensor_dots(vectors, second)])
+    else:
+        dots = torch.stack([torch.mv(pair, v.reshape(-1)) for pair, v in zip(stacked, vectors)], dim=1).float()
+    per_tensor = torch.cat([dots, torch.stack(torch._foreach_norm(vectors)).float()[None] ** 2])
     per_tensor = torch.cat([sum_over_shards(per_tensor, sharded), gram])  # gram: already summed over shards
     dot1, dot2, vector_sq, g11, g12, g22 = torch.zeros(6, count, device=per_tensor.device).index_add_(
         1, index, per_tensor)
@@ -221,8 +248,13 @@ def project_pair(vectors, first, second, target, gram: torch.Tensor, *, sign: fl
     joint = torch.where((joint_e > 0) & (joint_sq > 0), joint_e / joint_sq.clamp(min=1e-30), zero)
     lambda1, lambda2 = torch.where(stuck, joint, lambda1), torch.where(stuck, joint, lambda2)
     # u' = u - λ1 s1 - λ2 s2, i.e. v' = v - sign·(λ1 s1 + λ2 s2) for v = sign·u
-    torch._foreach_addcmul_(target, first, list(lambda1[index].unbind()), value=-sign)
-    torch._foreach_addcmul_(target, second, list(lambda2[index].unbind()), value=-sign)
+    if stacked is None:
+        torch._foreach_addcmul_(target, first, list(lambda1[index].unbind()), value=-sign)
+        torch._foreach_addcmul_(target, second, list(lambda2[index].unbind()), value=-sign)
+    else:
+        coefficients = (-sign * torch.stack([lambda1[index], lambda2[index]], dim=1)).to(stacked[0].dtype)
+        for tensor, pair, coefficient in zip(target, stacked, coefficients.unbind()):
+            tensor.view(-1).addmv_(pair.t(), coefficient)
     corrected = lambda1**2 * g11 + 2 * lambda1 * lambda2 * g12 + lambda2**2 * g22
     joint_dot = -sign * (dot1 + dot2).sum()
     cosine = joint_dot / (vector_sq.sum().sqrt() * joint_sq.sum().clamp(min=0).sqrt()).clamp(min=1e-20)
@@ -254,6 +286,7 @@ class SafeGrad(SafetyMethod):
         self.before: list[torch.Tensor] | None = None
         self.gram: torch.Tensor | None = None  # safety_gram(cached), for the s of step `gram_of`
         self.gram_of: int | None = None
+        self.stacked: list[torch.Tensor] | None = None  # stack_pair(cached), also for step `gram_of`
 
     def setup(self, ctx: MethodContext) -> None:
         safety_batch(ctx, 1, draw=0)  # fail early, with a clear message, when there is no safety data
@@ -300,9 +333,12 @@ class SafeGrad(SafetyMethod):
     def project(self, vectors, *, applied: bool, target=None) -> dict[str, float]:
         if self.gram is None or self.gram_of != self.cached_at:  # s is new (or restored by a resume)
             self.gram, self.gram_of = safety_gram(self.cached), self.cached_at
+            # stacking copies s once; it pays off when s serves several steps (safety_every > 1)
+            reused = self.config.safety_every > 1 and self.separate and not is_sharded(self.cached[0][0])
+            self.stacked = stack_pair(self.cached) if reused else None
         stats = project_conflicting(vectors, self.cached, self.config.projection, applied=applied,
                                     margin=self.config.margin, second_margin=self.config.borderline_margin,
-                                    groups=self.groups, target=target, gram=self.gram)
+                                    groups=self.groups, target=target, gram=self.gram, stacked=self.stacked)
         self.steps += 1
         self.projections = self.projections + stats["projected"]  # a tensor: summed without a host sync
         return {f"safegrad/{key}": value for key, value in stats.items()}
