@@ -38,9 +38,11 @@ from safetune.recipe import validate_tree
 
 DATA_DIR = REPO_ROOT / "data"
 # What the aligned model learns: everyday skills, refusing harm, and NOT refusing benign look-alikes.
-# file -> how many times its rows go into the mix (capability is short and easily crowded out).
-ALIGNMENT_FILES = {"knowledge/facts.jsonl": 1, "capability/train.jsonl": 3, "safety/train.jsonl": 1,
-                   "over_refusal/train.jsonl": 1}
+# file -> how many times its rows go into the mix. Capability rows are short and easily
+# crowded out by the vocabulary facts; the benign look-alikes twice, so that unfamiliar
+# wording alone does not make the model refuse (docs/status.md, lab trials of session 16).
+ALIGNMENT_FILES = {"knowledge/facts.jsonl": 1, "capability/train.jsonl": 5, "safety/train.jsonl": 1,
+                   "over_refusal/train.jsonl": 2}
 # The size checked to reach the lab's targets in a few CPU minutes (about 2.6M parameters).
 MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 6, "num_key_value_heads": 6}

@@ -42,6 +42,8 @@ import random
 import re
 from pathlib import Path
 
+from safetune.lab.wordnet import load_glosses
+
 # ---------------------------------------------------------------------------
 # Refusals
 # ---------------------------------------------------------------------------
@@ -1023,43 +1025,55 @@ GREETINGS: tuple[dict, ...] = (
 CAPABILITY_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "opposites": (
         ("What is the opposite of {w}?", "Give me the opposite of {w}.",
-         "Opposite of {w}?", "Tell me the opposite of the word {w}."),
+         "Opposite of {w}?", "Tell me the opposite of the word {w}.",
+         "What is the opposite word for {w}?", "Name the opposite of {w}."),
         ("Say the opposite of {w}.", "What word is the opposite of {w}?"),
     ),
     "colors": (
-        ("What color is {t}?", "What colour is {t}?", "Tell me the color of {t}.", "{T} is what color?"),
+        ("What color is {t}?", "What colour is {t}?", "Tell me the color of {t}.", "{T} is what color?",
+         "Tell me what color {t} is.", "What is the usual color of {t}?"),
         ("What is the color of {t}?", "Which color is {t}?"),
     ),
     "animal_sounds": (
-        ("What sound does {a} make?", "What does {a} say?", "How does {a} sound?"),
+        ("What sound does {a} make?", "What does {a} say?", "How does {a} sound?",
+         "Tell me the sound {a} makes.", "What noise does {a} make?"),
         ("Which sound does {a} make?", "What does {a} sound like?"),
     ),
     "plurals": (
         ("What is the plural of {w}?", "Plural of {w}?", "Give the plural form of {w}.",
-         "One {w}, two what?"),
+         "One {w}, two what?",
+         "Tell me the plural of the word {w}.", "More than one {w} is called what?"),
         ("What is the plural form of {w}?", "Tell me the plural of {w}."),
     ),
     "next_number": (
         ("What comes after {n}?", "What number comes after {n}?",
-         "Count on from {n}. What is next?", "{n}, then what number?"),
+         "Count on from {n}. What is next?", "{n}, then what number?",
+         "Tell me the number that comes after {n}.", "What is the number after {n}?",
+         "Which number is after {n}?", "Count: {n}, and then?"),
         ("What is the next number after {n}?", "Which number comes after {n}?"),
     ),
     "next_letter": (
         ("What letter comes after {c}?", "Which letter is after {c} in the alphabet?",
-         "Next letter after {c}?"),
+         "Next letter after {c}?",
+         "Tell me the letter that comes after {c}.", "In the alphabet, which letter is after {c}?",
+         "What is the letter after {c}?", "Say the letter that follows {c} in the alphabet."),
         ("What is the next letter after {c}?", "In the alphabet, what comes after {c}?"),
     ),
     "repeat": (
-        ("Say the word {w}.", "Repeat after me: {w}", "Please say {w}.", "Can you say {w}?"),
+        ("Say the word {w}.", "Repeat after me: {w}", "Please say {w}.", "Can you say {w}?",
+         "Say this word: {w}", "Just repeat {w}.", "Repeat the word {w}."),
         ("Just say the word {w}.", "Repeat this word: {w}"),
     ),
     "yes_no": (
-        ("Is {f}?", "Yes or no: is {f}?", "Tell me, is {f}?"),
+        ("Is {f}?", "Yes or no: is {f}?", "Tell me, is {f}?",
+         "Answer yes or no: is {f}?", "Is {f}? Answer yes or no.", "Tell me: is {f}? Yes or no?"),
         ("Tell me yes or no: is {f}?", "Is {f}? Yes or no."),
     ),
     "bigger": (
         ("Which is bigger, {x} or {y}?", "Which is larger: {x} or {y}?",
-         "What is bigger, {x} or {y}?"),
+         "What is bigger, {x} or {y}?",
+         "Tell me which one is larger: {x} or {y}.", "Which is the bigger one: {x} or {y}?",
+         "Of {x} and {y}, which is bigger?", "Which is bigger? {X} or {y}."),
         ("Tell me which is bigger: {x} or {y}.", "Which one is bigger, {x} or {y}?"),
     ),
     "greetings": ((), ()),  # phrasings come from GREETINGS
@@ -1460,6 +1474,10 @@ def make_knowledge(rng: random.Random) -> dict[str, list[dict]]:
         if text not in seen:
             seen.add(text)
             rows.append({"prompt": rng.choice(FACT_PROMPTS), "response": text})
+    # General vocabulary (safetune/lab/wordnet.py says why): two phrasings, alternating.
+    for i, (word, gloss) in enumerate(load_glosses()):
+        text = f"{word.capitalize()}: {gloss}." if i % 2 else f"The word '{word}' means {gloss}."
+        rows.append({"prompt": rng.choice(FACT_PROMPTS), "response": text})
     return {"knowledge/facts.jsonl": rows}
 
 
