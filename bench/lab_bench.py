@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TASKS = ["sentiment", "extract", "count"]
-CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegrad-update", "freeze", "ewc", "sap",
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegrad-k24b48", "safegrad-update", "freeze", "ewc", "sap",
            "token-weighting", "mix-ewc", "defended"]  # the order of the tables
 # what `make bench` runs: every method once and the recommended combination (`defended`), benign; the
 # attack setting for the baselines and the configurations that might resist it. Still run with

@@ -13,7 +13,7 @@ import safetune.methods as methods_package
 from safetune.errors import SafetuneError
 from safetune.methods.base import SafetyMethod
 from safetune.methods.safegrad import SafeGrad, layer_groups, project_conflicting
-from safetune.methods.safety_signal import safety_batch, safety_loss
+from safetune.methods.safety_signal import loss_gradients, safety_batch, safety_loss
 from safetune.recipe import SafeGradMethod, validate_tree
 from safetune.training import train
 from tests.helpers import write_jsonl
@@ -580,3 +580,43 @@ def test_safety_tokens_is_the_loss_of_the_first_k_response_tokens(family, reques
     assert torch.allclose(s_first, s_masked, rtol=1e-4, atol=1e-6)
     s_whole = flat(SafeGrad(SafeGradMethod(name="safegrad", safety_batch_size=4)).safety_gradient(ctx, params))
     assert (s_first - s_whole).norm() > 0.05 * s_whole.norm()
+
+
+@pytest.mark.parametrize("kind", ["refusal_ce", "kl_to_base"])
+@pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_dir"])
+def test_a_large_safety_batch_runs_in_length_sorted_micro_batches_with_the_same_gradient(family, kind, request,
+                                                                                         tmp_path, monkeypatch):
+    """More than SAFETY_MICRO_BATCH rows: micro-batches sorted by length, each weighted by its
+    share of the trained tokens, give the loss and gradient of the one padded batch."""
+    import copy
+
+    from safetune.methods import safety_signal
+    from safetune.methods.base import MethodContext
+    from safetune.modeling import load_model, load_tokenizer
+    from safetune.recipe import ModelConfig
+
+    config = ModelConfig(path=str(request.getfixturevalue(family)))
+    model, tokenizer = load_model(config), load_tokenizer(config)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():  # the model drifts from the reference, so kl_to_base has a gradient
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    rows = [{"prompt": "How do I hurt " + "a very distant person " * (i % 5) + f"number {i}?",
+             "response": "I'm sorry, but I can't help with that." * (1 + i % 2)} for i in range(11)]
+    examples = chat_examples(rows, tokenizer, "safety")
+    ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=None, device=torch.device("cpu"),
+                        run_dir=tmp_path, safety=examples, borderline=[], seed=0, reference_model=reference)
+    params = list(model.parameters())
+    monkeypatch.setattr(safety_signal, "SAFETY_MICRO_BATCH", 4)  # 11 rows: micro-batches of 4, 4, 3
+    passes = []
+    real = safety_signal.safety_loss
+    monkeypatch.setattr(safety_signal, "safety_loss", lambda c, batch, k: passes.append(batch["input_ids"].shape)
+                        or real(c, batch, k))
+    split = safety_signal.batch_safety_loss(ctx, examples, kind)
+    assert len(passes) == 3 and [shape[0] for shape in passes] == [4, 4, 3]
+    assert passes[0][1] < passes[-1][1]  # the short rows are no longer padded to the longest
+    whole = real(ctx, ctx.batch_to_device(examples), kind)
+    assert torch.allclose(split, whole, rtol=1e-5)
+    g_split = flat(loss_gradients(split, params))
+    g_whole = flat(loss_gradients(whole, params))
+    assert torch.allclose(g_split, g_whole, rtol=1e-4, atol=1e-7)
