@@ -2,6 +2,7 @@
 
     python bench/bench_methods.py                        # the lab's sentiment recipes, one thread
     python bench/bench_methods.py --configs standard,safegrad,safegrad-k24 --rounds 4
+    python bench/bench_methods.py --device cuda --method-override method.safety_micro_batch=48   # on a GPU
 
 Every configuration is a lab recipe (`recipes/lab/<task>-<config>.yaml`), on benign task
 data or, written `<config>@harmful-10%`, on the task data with 10 % harmful rows (the lab
@@ -16,7 +17,11 @@ bench's step-time column), where the same recipe's runs differ by 10-20 % on thi
 `--block` should be a multiple of every `safety_every` / `every` in the recipes (48 covers
 the lab's 1, 2, 4, 16 and 24), so each block holds the same share of amortised passes. The
 step is `Trainer.train_step` (forward, backward, the methods' hooks, the optimizer); the
-safety monitor and checkpoint writing are not part of it.
+safety monitor and checkpoint writing are not part of it. On a GPU (`--device cuda`) each block
+ends with a device synchronisation, so a block's time includes its queued kernels.
+`--override key=value` applies to every config's recipe, `--method-override key=value` to the
+compared configs only, not to the `standard` runs they are divided by (e.g. a method's setting
+to A/B in two runs).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def reference_of(config: str) -> str:
     return f"standard@{setting}" if setting else "standard"
 
 
-def build_trainer(task: str, config: str, steps: int, scratch: Path):
+def build_trainer(task: str, config: str, steps: int, scratch: Path, device: str = "cpu",
+                  extra: list[str] | None = None):
     from lab_bench import SETTINGS
     from safetune.recipe import load_recipe
     from safetune.training import Trainer
@@ -56,18 +62,29 @@ def build_trainer(task: str, config: str, steps: int, scratch: Path):
         raise SystemExit(f"bench_methods: unknown setting '{setting}' in '{config}' (known: {', '.join(SETTINGS)})")
     overrides = SETTINGS[setting or "benign"] + [
         f"train.max_steps={steps}", f"train.log_every={steps}", "eval.at_end=false",
-        f"output.dir={scratch / config.replace('@', '-').replace('%', '')}", "output.overwrite=true"]
+        f"output.dir={scratch / config.replace('@', '-').replace('%', '')}", "output.overwrite=true",
+        f"train.device={device}", *(extra or [])]
     trainer = Trainer(load_recipe(ROOT / "recipes" / "lab" / f"{task}-{name}.yaml", overrides), show_progress=False)
     trainer.setup()
     trainer.model.train()
     return trainer
 
 
+def synchronize(trainer) -> None:
+    """Wait for the kernels a GPU still has queued (a no-op on the CPU)."""
+    import torch
+
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+
+
 def run_block(trainer, steps: int) -> tuple[float, float]:
     """Wall and CPU seconds for `steps` optimizer steps."""
+    synchronize(trainer)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         trainer.train_step()
+    synchronize(trainer)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -80,6 +97,10 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=48, help="optimizer steps per timed block")
     parser.add_argument("--rounds", type=int, default=8, help="timed blocks per config (ABBA order)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the lab bench runs one-thread runs)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the steps run")
+    parser.add_argument("--override", action="append", default=[], help="recipe override for every config")
+    parser.add_argument("--method-override", action="append", default=[],
+                        help="recipe override for the compared configs, not their standard references")
     parser.add_argument("--name", default="methods", help="results file name (.json, .md)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args()
@@ -88,13 +109,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     wanted = [c for c in args.configs.split(",") if c]
+    references = {reference_of(c) for c in wanted}
     configs = list(dict.fromkeys([reference_of(c) for c in wanted] + wanted))  # the references first
     steps = args.block * (args.rounds + 1)
     with tempfile.TemporaryDirectory(prefix="bench-methods-") as scratch:
         trainers = {}
         for config in configs:
             started = time.perf_counter()
-            trainers[config] = build_trainer(args.task, config, steps, Path(scratch))
+            extra = args.override + ([] if config in references else args.method_override)
+            trainers[config] = build_trainer(args.task, config, steps, Path(scratch), args.device, extra)
             print(f"set up {config} in {time.perf_counter() - started:.1f}s", flush=True)
         for config in configs:  # warm-up block: first-call allocations, caches
             run_block(trainers[config], args.block)
@@ -122,6 +145,7 @@ def main() -> None:
     result = {
         "command": " ".join(["python", "bench/bench_methods.py", *sys.argv[1:]]),
         "task": args.task, "block": args.block, "rounds": args.rounds, "order": "ABBA",
+        "device": device_name(args.device), "overrides": args.override, "method_overrides": args.method_override,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()), "configs": rows,
     }
@@ -131,9 +155,16 @@ def main() -> None:
     print(markdown(result))
 
 
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
 def markdown(result: dict) -> str:
     lines = ["# Step time of each method relative to `standard`", "",
              f"`{result['command']}` — {result['platform']}, {result['cpu_count']} cores, "
+             f"device {result.get('device', 'cpu')}, "
              f"{result['torch_threads']} torch thread(s), torch {result['torch']}. Lab task `{result['task']}`, "
              f"blocks of {result['block']} optimizer steps, {result['rounds']} rounds in ABBA order after a "
              "warm-up block; ratio = median over rounds of (the config's block time / the block time of "

@@ -167,6 +167,9 @@ class SafeGradMethod(Section):
     safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
     safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
     safety_batch_size: int = Field(8, ge=1)
+    safety_micro_batch: int = Field(
+        16, ge=1, description="rows per safety forward pass; a larger safety batch runs in length-sorted micro-batches"
+    )
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
     safety_tokens: int | None = Field(

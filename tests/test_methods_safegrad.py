@@ -586,8 +586,9 @@ def test_safety_tokens_is_the_loss_of_the_first_k_response_tokens(family, reques
 @pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen2_dir"])
 def test_a_large_safety_batch_runs_in_length_sorted_micro_batches_with_the_same_gradient(family, kind, request,
                                                                                          tmp_path, monkeypatch):
-    """More than SAFETY_MICRO_BATCH rows: micro-batches sorted by length, each weighted by its
-    share of the trained tokens, give the loss and gradient of the one padded batch."""
+    """More rows than the micro-batch (a method's `safety_micro_batch`): micro-batches sorted by
+    length, each weighted by its share of the trained tokens, give the loss and gradient of the
+    one padded batch."""
     import copy
 
     from safetune.methods import safety_signal
@@ -607,12 +608,11 @@ def test_a_large_safety_batch_runs_in_length_sorted_micro_batches_with_the_same_
     ctx = MethodContext(model=model, tokenizer=tokenizer, recipe=None, device=torch.device("cpu"),
                         run_dir=tmp_path, safety=examples, borderline=[], seed=0, reference_model=reference)
     params = list(model.parameters())
-    monkeypatch.setattr(safety_signal, "SAFETY_MICRO_BATCH", 4)  # 11 rows: micro-batches of 4, 4, 3
     passes = []
     real = safety_signal.safety_loss
     monkeypatch.setattr(safety_signal, "safety_loss", lambda c, batch, k: passes.append(batch["input_ids"].shape)
                         or real(c, batch, k))
-    split = safety_signal.batch_safety_loss(ctx, examples, kind)
+    split = safety_signal.batch_safety_loss(ctx, examples, kind, micro_batch=4)  # 11 rows: 4, 4, 3
     assert len(passes) == 3 and [shape[0] for shape in passes] == [4, 4, 3]
     assert passes[0][1] < passes[-1][1]  # the short rows are no longer padded to the longest
     whole = real(ctx, ctx.batch_to_device(examples), kind)
@@ -620,3 +620,9 @@ def test_a_large_safety_batch_runs_in_length_sorted_micro_batches_with_the_same_
     g_split = flat(loss_gradients(split, params))
     g_whole = flat(loss_gradients(whole, params))
     assert torch.allclose(g_split, g_whole, rtol=1e-4, atol=1e-7)
+    # the recipe's safety_micro_batch is what the method's safety objective splits by
+    for micro_batch, expected in ((4, [4, 4, 3]), (16, [11])):
+        passes.clear()
+        config = SafeGradMethod(name="safegrad", safety_batch_size=11, safety_micro_batch=micro_batch, safety_loss=kind)
+        safety_signal.safety_objective(ctx, config, draw=0, method="safegrad")
+        assert [shape[0] for shape in passes] == expected

@@ -42,34 +42,39 @@ def safety_objective(ctx: MethodContext, config, draw: int, method: str, split: 
     """
     kind = getattr(config, "safety_loss", "refusal_ce")
     first = getattr(config, "safety_tokens", None)
+    micro_batch = getattr(config, "safety_micro_batch", SAFETY_MICRO_BATCH)
     refusals = first_response_tokens(safety_batch(ctx, config.safety_batch_size, draw), first)
-    loss = batch_safety_loss(ctx, refusals, kind)
+    loss = batch_safety_loss(ctx, refusals, kind, micro_batch)
     if config.safety_data == "refusals_and_borderline":
         benign = first_response_tokens(borderline_batch(ctx, config.safety_batch_size, draw, method), first)
-        borderline = config.borderline_weight * batch_safety_loss(ctx, benign, kind)
+        borderline = config.borderline_weight * batch_safety_loss(ctx, benign, kind, micro_batch)
         return (loss, borderline) if split else loss + borderline
     return loss
 
 
-SAFETY_MICRO_BATCH = 16  # rows per forward pass when a safety batch is larger
+SAFETY_MICRO_BATCH = 16  # rows per forward pass when a safety batch is larger (a method's `safety_micro_batch`)
 
 
-def batch_safety_loss(ctx: MethodContext, examples: list[Example], kind: str) -> torch.Tensor:
+def batch_safety_loss(ctx: MethodContext, examples: list[Example], kind: str,
+                      micro_batch: int = SAFETY_MICRO_BATCH) -> torch.Tensor:
     """`safety_loss` over `examples`: the mean over all their trained tokens.
 
-    A batch of more than SAFETY_MICRO_BATCH rows is sorted by length and run as micro-batches
+    A batch of more than `micro_batch` rows is sorted by length and run as micro-batches
     of that many rows, each loss weighted by its share of the trained tokens: the same loss
     and gradient (up to rounding), but each row is padded only to the longest of its
     micro-batch, not of the whole batch. Safety prompts vary in length (the lab's: 28 tokens
     on average, the longest of 48 draws 55), so for 48 rows one forward and backward took
     547 ms padded to the longest and 372 ms in length-sorted micro-batches of 16 (one
     thread; micro-batches of 8 were slower, 414 ms: each pass has a fixed cost). A batch of
-    at most SAFETY_MICRO_BATCH rows is one pass, in its drawn order, exactly as before.
+    at most `micro_batch` rows is one pass, in its drawn order, exactly as before. On a GPU,
+    where a small model's pass costs its kernel launches more than its padding, one pass
+    (`safety_micro_batch` ≥ the batch) may be the cheaper choice: bench/device_check.sh
+    times both.
     """
-    if len(examples) <= SAFETY_MICRO_BATCH:
+    if len(examples) <= micro_batch:
         return safety_loss(ctx, ctx.batch_to_device(examples), kind)
     ordered = sorted(examples, key=lambda example: len(example.input_ids))
-    chunks = [ordered[i : i + SAFETY_MICRO_BATCH] for i in range(0, len(ordered), SAFETY_MICRO_BATCH)]
+    chunks = [ordered[i : i + micro_batch] for i in range(0, len(ordered), micro_batch)]
     counts = [sum(example.trained_tokens for example in chunk) for chunk in chunks]
     total = max(sum(counts), 1)
     return sum(safety_loss(ctx, ctx.batch_to_device(chunk), kind) * (count / total)
