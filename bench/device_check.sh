@@ -57,7 +57,7 @@ fi
 export PYTHONUNBUFFERED=1
 SCRATCH=$(mktemp -d)
 if [ -n "${QUICK:-}" ]; then  # a check of this script, not a measurement
-    ROUNDS=2 BLOCK=24 SEEDS="0" STEPS=(--override train.max_steps=24) TRAINER=(--steps 4 --warmup 1 --repeats 2)
+    ROUNDS=1 BLOCK=8 SEEDS="0" STEPS=(--override train.max_steps=24) TRAINER=(--steps 4 --warmup 1 --repeats 2)
 else
     ROUNDS=6 BLOCK=48 SEEDS="0 1 2" STEPS=() TRAINER=(--steps 30 --warmup 5 --repeats 4)
 fi

@@ -110,3 +110,31 @@ def test_bench_methods_smoke(built_lab, tmp_path):
     rows = json.loads((tmp_path / "methods.json").read_text())["configs"]
     assert list(rows) == ["standard", "ewc"] and rows["standard"]["ratio"] == 1.0
     assert len(rows["ewc"]["blocks_s"]) == 2 and rows["ewc"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_every_step_on_the_cpu(built_lab, tmp_path):
+    """`bench/device_check.sh` (the prepared GPU check) with DEVICE=cpu QUICK=1: every step
+    exits 0 and writes its table, so the one call a lent GPU allows is not spent on a typo."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = os.environ | {"SAFETUNE_LAB_MODEL": str(built_lab), "DEVICE": "cpu", "QUICK": "1", "OUT": str(out),
+                        "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "bench" / "device_check.sh")], capture_output=True, text=True,
+                          env=env, cwd=root)
+    log = (out / "log.txt").read_text()
+    exits = re.findall(r"=== (\S+): exit (\d+)", log)
+    assert done.returncode == 0 and [name for name, _ in exits] == [
+        "versions", "methods", "methods-one-pass", "lab", "trainer"], log[-3000:]
+    assert all(code == "0" for _, code in exits), log[-3000:]
+    one_pass = json.loads((out / "methods-extract-one-pass.json").read_text())
+    assert one_pass["method_overrides"] == ["method.safety_micro_batch=48"]
+    assert list(one_pass["configs"]) == ["standard", "safegrad-k24", "safegrad-k24b48", "safegrad"]
+    assert "| safegrad-k24b48 | benign |" in (out / "lab.md").read_text()
+    assert (out / "trainer.md").exists() and not (root / "bench" / "results" / "device-trainer.md").exists()
