@@ -6,7 +6,9 @@
 
 Every configuration is a lab recipe (`recipes/lab/<task>-<config>.yaml`), on benign task
 data or, written `<config>@harmful-10%`, on the task data with 10 % harmful rows (the lab
-bench's settings); each gets its own Trainer, set up once (model, data, the method's own set-up such as EWC's Fisher or the data
+bench's settings), and with `+key=value` overrides of its own if any (so two settings of one
+recipe are timed side by side: `safegrad-k24b48,safegrad-k24b48+method.stale_projection=true`);
+each gets its own Trainer, set up once (model, data, the method's own set-up such as EWC's Fisher or the data
 audit: not timed). Then blocks of `--block` optimizer steps run config after config, for
 `--rounds` rounds, the order reversed every other round (ABBA...), after one warm-up block
 each. A config's figure is the median over rounds of its block time divided by the block
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -45,9 +48,16 @@ DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k24", "safegrad", "sap", 
                    "defended@harmful-10%"]
 
 
+def parse_config(config: str) -> tuple[str, str, list[str]]:
+    """`<recipe>[@<setting>][+key=value ...]` -> (recipe, setting, that config's own overrides)."""
+    head, *overrides = config.split("+")
+    name, _, setting = head.partition("@")
+    return name, setting, overrides
+
+
 def reference_of(config: str) -> str:
     """`standard` on the same data: what a config's step time is divided by."""
-    _, _, setting = config.partition("@")
+    _, setting, _ = parse_config(config)
     return f"standard@{setting}" if setting else "standard"
 
 
@@ -57,12 +67,12 @@ def build_trainer(task: str, config: str, steps: int, scratch: Path, device: str
     from safetune.recipe import load_recipe
     from safetune.training import Trainer
 
-    name, _, setting = config.partition("@")
+    name, setting, own = parse_config(config)
     if setting and setting not in SETTINGS:
         raise SystemExit(f"bench_methods: unknown setting '{setting}' in '{config}' (known: {', '.join(SETTINGS)})")
-    overrides = SETTINGS[setting or "benign"] + [
+    overrides = SETTINGS[setting or "benign"] + own + [
         f"train.max_steps={steps}", f"train.log_every={steps}", "eval.at_end=false",
-        f"output.dir={scratch / config.replace('@', '-').replace('%', '')}", "output.overwrite=true",
+        f"output.dir={scratch / re.sub(r'[^A-Za-z0-9.-]+', '-', config)}", "output.overwrite=true",
         f"train.device={device}", *(extra or [])]
     trainer = Trainer(load_recipe(ROOT / "recipes" / "lab" / f"{task}-{name}.yaml", overrides), show_progress=False)
     trainer.setup()

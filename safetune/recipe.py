@@ -184,6 +184,10 @@ class SafeGradMethod(Section):
     restore: float = Field(
         0.0, ge=0.0, description="at each fresh safety gradient s, also step down the safety loss: .grad += restore·s"
     )
+    stale_projection: bool = Field(
+        True, description="safety_every > 1: also project the steps between refreshes against the cached s "
+                          "(false: only the step that computed s is projected)"
+    )
 
     @model_validator(mode="after")
     def _separate_needs_borderline(self) -> "SafeGradMethod":

@@ -626,3 +626,30 @@ def test_a_large_safety_batch_runs_in_length_sorted_micro_batches_with_the_same_
         config = SafeGradMethod(name="safegrad", safety_batch_size=11, safety_micro_batch=micro_batch, safety_loss=kind)
         safety_signal.safety_objective(ctx, config, draw=0, method="safegrad")
         assert [shape[0] for shape in passes] == expected
+
+
+@pytest.mark.parametrize("space", ["gradient", "update"])
+def test_without_stale_projection_only_the_step_that_computed_s_is_projected(space):
+    """stale_projection: false: the steps that reuse a cached s are left exactly as they were
+    (bit for bit), and the step with a fresh s is projected (its step does not raise L_s)."""
+    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=3, stale_projection=False, space=space))
+    weight = torch.nn.Parameter(torch.zeros(2))
+    s = torch.tensor([1.0, 0.0])
+    method.safety_gradient = lambda ctx, params: [s.clone()]
+    for step in range(6):
+        ctx = SimpleNamespace(step=step, broadcast_tensors=lambda t: None, model=None,
+                              trainable_parameters=lambda: [("w", weight)])
+        task = torch.tensor([-1.0, 0.5])  # the step -g raises L_s along s: a conflict
+        weight.grad = task.clone()
+        before = weight.detach().clone()
+        method.after_backward(ctx)
+        method.before_step(ctx)
+        with torch.no_grad():
+            weight -= 0.1 * weight.grad  # the optimizer
+        method.after_step(ctx)
+        change = weight.detach() - before
+        if step % 3 == 0:  # fresh s: the applied change does not raise L_s (d·s ≤ 0)
+            assert float(change @ s) <= 1e-7, (step, change)
+        else:  # cached s: untouched, exactly the unprojected step
+            assert torch.equal(weight.grad, task) and torch.equal(change, (before - 0.1 * task) - before), step
+    assert method.steps == 2 and method.recomputed == 2

@@ -27,6 +27,12 @@ Options (both spaces):
   (μ·(s_refusals + s_borderline) with separate constraints), a step *down* the safety loss
   from the gradient just computed, at no extra pass. Between refreshes the projection
   against a stale s only slows the drift; the periodic descent pulls the boundary back.
+- `stale_projection: false` (for `safety_every: k` > 1): project only the step that computed
+  s and leave the k - 1 steps after it alone. On the lab (k = 24, `restore: 16`) the cached
+  s soon stops describing the safety loss: its cosine with a fresh 192-example s is 0.76-0.84
+  one step after a refresh and -0.25 to 0.15 eleven and twenty-two steps after (the restore
+  step overshoots along s). Projecting against it changed no refusal figure (docs/methods.md,
+  "Session 18"), and it costs every step a pass over s.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
@@ -349,15 +355,23 @@ class SafeGrad(SafetyMethod):
         if self.config.projection == "per_layer" and self.groups is None:
             self.groups = layer_groups(ctx.model, [n for n, _ in named])
         self.refresh_safety_gradient(ctx, self.params)
-        stats = {} if self.config.space == "update" else self.project([p.grad for p in self.params], applied=False)
+        if self.config.space == "update" or not self.projects(ctx):
+            stats = {}  # in update space the applied update is projected in after_step
+        else:
+            stats = self.project([p.grad for p in self.params], applied=False)
         if self.config.restore and self.cached_at == ctx.step:  # a fresh s: descend the safety loss too
             for part in self.cached_parts():
                 torch._foreach_add_([local_shard(p.grad) for p in self.params], [local_shard(s) for s in part],
                                     alpha=self.config.restore)
-        return stats  # in update space the applied update is projected in after_step
+        return stats
+
+    def projects(self, ctx: MethodContext) -> bool:
+        """Whether this step is projected: always, or with `stale_projection: false` only when
+        this step computed s."""
+        return self.config.stale_projection or self.cached_at == ctx.step
 
     def before_step(self, ctx: MethodContext) -> None:
-        if self.config.space == "update":
+        if self.config.space == "update" and self.projects(ctx):
             self.before = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
@@ -378,7 +392,8 @@ class SafeGrad(SafetyMethod):
                 "projection": self.config.projection, "margin": self.config.margin,
                 "safety_average": self.config.safety_average, "safety_loss": self.config.safety_loss,
                 "safety_every": self.config.safety_every, "safety_data": self.config.safety_data,
-                "constraints": self.config.constraints, "safety_tokens": self.config.safety_tokens}
+                "constraints": self.config.constraints, "safety_tokens": self.config.safety_tokens,
+                "stale_projection": self.config.stale_projection}
 
     def state_dict(self) -> dict:
         # The cached safety gradient is part of the state: a resume mid-cycle must reuse it.
