@@ -113,6 +113,31 @@ def test_bench_methods_smoke(built_lab, tmp_path):
 
 
 @pytest.mark.slow
+def test_safety_gradient_noise_probe_reports_cosines(built_lab):
+    """`bench/safety_gradient_noise.py` (docs/methods.md, "Session 18"): both probes print cosines."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"SAFETUNE_LAB_MODEL": str(built_lab)}
+    script = str(root / "bench" / "safety_gradient_noise.py")
+    noise = subprocess.run([sys.executable, script, "--config", "safegrad-k24b48", "--steps", "2", "--sizes", "4", "8"],
+                           capture_output=True, text=True, env=env, cwd=root)
+    assert noise.returncode == 0, noise.stderr[-2000:]
+    values = [float(v) for v in re.findall(r"n = +\d+: +(-?[\d.]+)", noise.stdout)]
+    assert len(values) == 4 and all(-1 <= v <= 1 for v in values), noise.stdout  # refusals and borderline, n = 4, 8
+    stale = subprocess.run([sys.executable, script, "--config", "safegrad-k24", "--steps", "26", "--staleness"],
+                           capture_output=True, text=True, env=env, cwd=root)
+    assert stale.returncode == 0 and "step 25 (1 after a refresh)" in stale.stdout, stale.stdout + stale.stderr[-2000:]
+    refused = subprocess.run([sys.executable, script, "--config", "standard", "--staleness"],
+                             capture_output=True, text=True, env=env, cwd=root)
+    assert refused.returncode != 0 and "needs a safegrad recipe" in refused.stderr
+
+
+@pytest.mark.slow
 def test_device_check_script_runs_every_step_on_the_cpu(built_lab, tmp_path):
     """`bench/device_check.sh` (the prepared GPU check) with DEVICE=cpu QUICK=1: every step
     exits 0 and writes its table, so the one call a lent GPU allows is not spent on a typo."""

@@ -29,10 +29,10 @@ Options (both spaces):
   against a stale s only slows the drift; the periodic descent pulls the boundary back.
 - `stale_projection: false` (for `safety_every: k` > 1): project only the step that computed
   s and leave the k - 1 steps after it alone. On the lab (k = 24, `restore: 16`) the cached
-  s soon stops describing the safety loss: its cosine with a fresh 192-example s is 0.76-0.84
-  one step after a refresh and -0.25 to 0.15 eleven and twenty-two steps after (the restore
-  step overshoots along s). Projecting against it changed no refusal figure (docs/methods.md,
-  "Session 18"), and it costs every step a pass over s.
+  s drifts away from the current one within the window (cosine with a fresh 192-example s:
+  0.6-0.85 one step after a refresh, -0.25 to 0.56 at its end; bench/safety_gradient_noise.py),
+  projecting against it changed no refusal figure (docs/methods.md, "Session 18"), and it
+  costs every step a pass over s.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
 - `safety_data: refusals_and_borderline`: L_s = L(refusals) + w · L(borderline), each the
