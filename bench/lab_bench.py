@@ -43,9 +43,9 @@ CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegr
 # attack setting for the baselines and the configurations that might resist it. Still run with
 # --configs: `safegrad-k4` (SafeGrad amortised over 4 steps: it loses the over-refusal limit on lab v3,
 # 0.05-0.10; its cost is in the cost table, the last step of `make bench`), `safegrad-k24` (every 24
-# steps with `restore: 16`: refusal within 2 points of k = 1 on lab v3, not on v4's extract; over-refusal
-# 0.05-0.15), `safegrad-k24b48` (the same with 48 + 48 safety rows, only the refresh step projected: within
-# 2 points on v4, 1.24-1.29x), `mix-ewc` (superseded by
+# steps with `restore: 16`, only the refresh step projected: refusal within 2 points of k = 1 on lab v3,
+# not on v4's extract; over-refusal 0.08-0.11), `safegrad-k24b48` (the same with 48 + 48 safety rows:
+# within 2 points on v4, 1.24-1.29x), `mix-ewc` (superseded by
 # `defended`: over-refusal 0.05-0.17 on lab v2) and `freeze`.
 BENCH_CONFIGS = ["standard", "mix", "safegrad", "ewc", "sap", "token-weighting", "defended"]
 HARMFUL_CONFIGS = ["standard", "mix", "safegrad", "ewc", "defended"]
