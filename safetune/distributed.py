@@ -134,7 +134,7 @@ class Distributed:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from safetune.methods.layers import decoder_layers
+        from safetune.model_layers import decoder_layers
 
         mesh = init_device_mesh(device.type, (self.world_size,))
         _, blocks = decoder_layers(model)

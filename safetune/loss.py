@@ -9,7 +9,7 @@ import torch
 
 from safetune.data import IGNORE_INDEX
 from safetune.errors import SafetuneError
-from safetune.modeling import decoder_layers
+from safetune.model_layers import decoder_layers
 
 
 def next_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -83,7 +83,7 @@ def test_mlp_output_found_on_llama_qwen2_neox_and_under_lora(family, tiny_model_
 
     config = ModelConfig(path=str(model_dir), lora={"r": 2})
     lora = add_lora(load_model(config), config)
-    from safetune.methods.layers import decoder_layers
+    from safetune.model_layers import decoder_layers
 
     _, blocks = decoder_layers(lora)
     module = mlp_output(blocks[1])

@@ -12,6 +12,7 @@ from safetune.errors import SafetuneError
 from safetune.files import write_atomic
 from safetune.methods.base import MethodContext, SafetyMethod
 from safetune.methods import layers as detection
+from safetune.model_layers import decoder_layers, layer_parameter_names
 
 
 def detect(ctx: MethodContext, config) -> list[float]:
@@ -43,7 +44,7 @@ class Freeze(SafetyMethod):
     setup_order = 0  # runs first, so methods set up after it see only the trainable parameters
 
     def setup(self, ctx: MethodContext) -> None:
-        _, blocks = detection.decoder_layers(ctx.model)
+        _, blocks = decoder_layers(ctx.model)
         self.scores = None
         if self.config.layers == "auto":
             self.scores = detect(ctx, self.config)
@@ -61,7 +62,7 @@ class Freeze(SafetyMethod):
                 f"method[freeze].layers: layer {missing[0]} does not exist (the model has {len(blocks)} layers)")
 
     def frozen_parameter_names(self, ctx: MethodContext) -> set[str]:
-        return detection.layer_parameter_names(ctx.model, self.layers)
+        return layer_parameter_names(ctx.model, self.layers)
 
     def summary(self) -> dict:
         return {"frozen_layers": self.layers, "detector": self.config.detector if self.scores else None,

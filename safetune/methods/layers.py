@@ -9,7 +9,6 @@ Two detectors, each giving every decoder layer a score (higher = more safety-cri
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 
 import torch
@@ -18,17 +17,7 @@ from torch import nn
 from safetune.distributed import full_tensor
 from safetune.methods.base import MethodContext
 from safetune.methods.safety_signal import diagonal_fisher
-from safetune.modeling import decoder_layers  # noqa: F401 (methods import it from here)
-
-
-def layer_of(parameter_name: str, prefix: str) -> int | None:
-    match = re.match(re.escape(prefix) + r"\.(\d+)\.", parameter_name)
-    return int(match.group(1)) if match else None
-
-
-def layer_parameter_names(model: nn.Module, layers: list[int]) -> set[str]:
-    prefix, _ = decoder_layers(model)
-    return {name for name, _ in model.named_parameters() if layer_of(name, prefix) in set(layers)}
+from safetune.model_layers import decoder_layers, layer_of
 
 
 def fisher_scores(ctx: MethodContext, samples: int, batch_size: int) -> list[float]:

@@ -68,7 +68,7 @@ from __future__ import annotations
 import torch
 
 from safetune.methods.base import MethodContext, SafetyMethod
-from safetune.methods.layers import decoder_layers, layer_of
+from safetune.model_layers import decoder_layers, layer_of
 from safetune.distributed import distribute_like, is_sharded, local_shard, sum_over_shards
 from safetune.methods.safety_signal import borderline_batch, loss_gradients, safety_batch, safety_objective
 

@@ -38,7 +38,7 @@ from torch import nn
 from safetune.errors import SafetuneError
 from safetune.loss import next_token_loss
 from safetune.methods.base import MethodContext, SafetyMethod
-from safetune.methods.layers import decoder_layers
+from safetune.model_layers import decoder_layers
 from safetune.methods.safety_signal import (draw_examples, global_norm, harmful_examples, loss_gradients,
                                             preference_pairs, sequence_logprob)
 
