@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from safetune.errors import SafetuneError, UsageError
+from safetune.gguf import check_gguf_file, is_gguf_path, load_gguf_config, load_gguf_model, load_gguf_tokenizer
 from safetune.recipe import ModelConfig
 
 # Hugging Face's per-file progress bars would drown safetune's own progress output.
@@ -62,6 +63,9 @@ def check_model_folder(path: str | Path, what: str = "model.path") -> None:
 
     A hub id (no such local path) passes: `from_pretrained` reports on it.
     """
+    if is_gguf_path(path):
+        check_gguf_file(path, what)
+        return
     folder = Path(path)
     if not folder.exists():
         return
@@ -122,7 +126,7 @@ def warn_once(message: str) -> None:
 def load_tokenizer(config: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     source = model_source(config, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer = load_gguf_tokenizer(source) if is_gguf_path(source) else AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as err:
@@ -155,6 +159,8 @@ def load_model(config: ModelConfig, path: str | None = None, device: torch.devic
         base = load_model(config, device=device)
         return PeftModel.from_pretrained(base, path).merge_and_unload().to(device)
     dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
+    if is_gguf_path(source):
+        return load_gguf_model(source, dtype).to(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,
@@ -183,8 +189,8 @@ def build_empty_model(config: ModelConfig, dtype: torch.dtype, generation_config
 
     source = model_source(config)
     try:
-        model_config = AutoConfig.from_pretrained(source, revision=config.revision,
-                                                  trust_remote_code=config.trust_remote_code)
+        model_config = load_gguf_config(source) if is_gguf_path(source) else AutoConfig.from_pretrained(
+            source, revision=config.revision, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as err:
         raise UsageError(_not_available(source, err)) from None
     with torch.device("meta"):

@@ -101,6 +101,8 @@ def local_model_folder(source: str, revision: str | None) -> Path | None:
 
 
 def _source_fingerprint(source: str, hashes: FileHashes, revision: str | None = None) -> dict | None:
+    if Path(source).expanduser().is_file():  # a single-file model (GGUF)
+        return {"files": {Path(source).name: hashes.sha256(Path(source).expanduser())}}
     folder = local_model_folder(source, revision)
     return None if folder is None else {"files": hashes.folder(folder)}
 
