@@ -139,7 +139,9 @@ def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
 
 
 def bundled_recipes() -> dict[str, Path]:
-    return {str(p.relative_to(RECIPES_DIR).with_suffix("")): p for p in sorted(RECIPES_DIR.rglob("*.yaml"))}
+    # files in a folder named _<something> (recipes/lab/_base/) are bases that recipes build on, not recipes
+    return {str(p.relative_to(RECIPES_DIR).with_suffix("")): p for p in sorted(RECIPES_DIR.rglob("*.yaml"))
+            if not any(part.startswith("_") for part in p.relative_to(RECIPES_DIR).parts)}
 
 
 @app.command("recipes")
@@ -148,11 +150,11 @@ def list_recipes():
     """List the bundled recipes (copy one with `safetune init NAME`)."""
     from rich.table import Table
 
-    from safetune.recipe import read_yaml
+    from safetune.recipe import resolved_tree
 
     table = Table("name", "description")
     for name, path in bundled_recipes().items():
-        table.add_row(name, str(read_yaml(path).get("description", "")))
+        table.add_row(name, str(resolved_tree(path).get("description", "")))
     console.print(table)
 
 
@@ -163,6 +165,7 @@ def init(name: str = typer.Argument(..., help="bundled recipe name (see `safetun
     """Copy a bundled recipe into the current directory for you to edit."""
     from safetune.errors import UsageError
     from safetune.files import write_atomic
+    from safetune.recipe import read_yaml, standalone_yaml
 
     recipes = bundled_recipes()
     matches = [key for key in recipes if key == name or key.endswith("/" + name)]
@@ -181,7 +184,10 @@ def init(name: str = typer.Argument(..., help="bundled recipe name (see `safetun
     if not target.parent.is_dir():
         raise UsageError(f"init: no folder {target.parent}; create it first")
     # the run is named after the new file (runs/<stem>/), not after the bundled recipe
-    text = re.sub(r"^name:.*$", f"name: {target.stem}", source.read_text(encoding="utf-8"), count=1, flags=re.M)
+    if "base" in read_yaml(source):  # built on bases: write it with them merged in, to edit on its own
+        text = standalone_yaml(source, name=target.stem)
+    else:  # copied as written, comments and all
+        text = re.sub(r"^name:.*$", f"name: {target.stem}", source.read_text(encoding="utf-8"), count=1, flags=re.M)
     write_atomic(target, text)
     console.print(f"wrote {target}; edit it, then: safetune train {target} (its run goes to runs/{target.stem}/)")
 
