@@ -1,14 +1,17 @@
 """The recipe: one YAML file, validated by the pydantic models below.
 
 Every section forbids unknown keys, so a typo is an error rather than a silently
-ignored setting. `load_recipe` reads the YAML, applies `key.sub=value` overrides and
-turns every validation problem into one readable line (`train.lerning_rate: unknown
-key (did you mean learning_rate?)`).
+ignored setting. `load_recipe` reads the YAML, merges it over the files named by its
+`base:` key (see "composition"), applies `key.sub=value` overrides and turns every
+validation problem into one readable line (`train.lerning_rate: unknown key (did you
+mean learning_rate?)`), naming the base file and line when a base set that key.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -618,14 +621,143 @@ def read_yaml(path: Path) -> dict:
     return tree
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem."""
-    path = Path(path)
+# --------------------------------------------------------------------------- composition
+# `base: file.yaml` (or a list of files; paths relative to the recipe's folder) puts the
+# recipe on top of other recipe files: their trees are deep-merged under it before
+# validation, each base over the one before it and the recipe over all. Mappings merge key
+# by key; anything else (a value, a list, null) replaces what the base had. A base may have
+# bases of its own. Two exceptions keep a merge from mixing what must not mix: a base's
+# `name` is never inherited (each recipe names its own run folder), and a method mapping
+# naming another method replaces the base's rather than merging two methods' settings.
+Origins = dict[tuple, Path]  # key path -> the file whose value the merged recipe holds there
+
+
+def compose(path: Path) -> tuple[dict, Origins]:
+    """The recipe at `path` merged over its bases, and which file set each key."""
+    layers = _layers(path, ())
+    merged: dict = {}
+    origins: Origins = {}
+    for number, (source, tree) in enumerate(layers, start=1):
+        if number < len(layers):
+            tree.pop("name", None)
+        merged = _merge(merged, tree, origins, source, ())
+    return merged, origins
+
+
+def _layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[Path, dict]]:
+    """The files that make up a recipe, deepest base first, each as its own tree without `base`."""
     tree = read_yaml(path)
+    layers = []
+    for base in _bases(path, tree.pop("base", None)):
+        if base.resolve() in {link.resolve() for link in (*chain, path)}:
+            circle = " -> ".join(map(str, (*chain, path, base)))
+            raise UsageError(f"{path}: base: recipes that are each other's base ({circle})")
+        layers += _layers(base, (*chain, path))
+    return [*layers, (path, tree)]
+
+
+def _bases(path: Path, value: Any) -> list[Path]:
+    if value is None:
+        return []
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise UsageError(f"{path}: base: give a recipe file (a path relative to this recipe) or a list of them")
+    bases = [Path(os.path.normpath(path.parent / name)) for name in names]
+    for name, base in zip(names, bases):
+        if not base.is_file():
+            raise UsageError(f"{path}: base '{name}': recipe file not found ({base})")
+    return bases
+
+
+def _merge(under: dict, over: dict, origins: Origins, source: Path, prefix: tuple) -> dict:
+    """`over` deep-merged onto a copy of `under`; `origins` records `source` for the keys it sets."""
+    merged = dict(under)
+    for key, value in over.items():
+        where = (*prefix, key)
+        below = merged.get(key)
+        both_mappings = isinstance(value, dict) and isinstance(below, dict)
+        if not (both_mappings and value.get("name", below.get("name")) == below.get("name")):
+            for stale in [k for k in origins if k[: len(where)] == where]:
+                del origins[stale]
+            below = {}
+        merged[key] = _merge(below, value, origins, source, where) if isinstance(value, dict) else value
+        origins[where] = source
+    return merged
+
+
+def _origin(loc: tuple, origins: Origins) -> tuple[Path, tuple] | None:
+    """The file that set the deepest recorded key on the way to `loc`, and that key."""
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in origins:
+            return origins[loc[:depth]], loc[:depth]
+    return None
+
+
+def _line_of(path: Path, keys: tuple) -> int | None:
+    """The line of `keys` (a path of mapping keys) in the YAML file at `path`."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        found = next(((k, v) for k, v in node.value if k.value == key), None)
+        if found is None:
+            break
+        line, node = found[0].start_mark.line + 1, found[1]
+    return line
+
+
+# --------------------------------------------------------------------------- loading
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, compose, override and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    tree, origins = compose(path)
     tree.setdefault("name", default_run_name(path.stem))
     for keys, value in parse_overrides(overrides or []):
         apply_override(tree, keys, value)
-    return validate_tree(tree, source=str(path))
+        # what an override sets is the command line's doing, not a base's: blame the recipe
+        for stale in [k for k in origins if k[: len(keys)] == tuple(keys)]:
+            del origins[stale]
+        origins[tuple(keys)] = path
+    return validate_tree(tree, source=str(path), origins=origins)
+
+
+def resolved_tree(path: str | Path) -> dict:
+    """The recipe at `path` with its bases merged in (no `base` key), sections in the usual order."""
+    tree, _ = compose(Path(path))
+    order = list(Recipe.model_fields)
+    return dict(sorted(tree.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
+def standalone_yaml(path: Path, name: str) -> str:
+    """A recipe built on bases as one file that stands alone (what `safetune init` writes):
+    the recipe's leading comments, then the merged YAML, run name `name`. Only the values
+    the files set are written (defaults stay defaults), so the file reads like the recipe."""
+    text = path.read_text(encoding="utf-8")
+    comments = list(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
+    tree = {"name": name} | {key: value for key, value in resolved_tree(path).items() if key != "name"}
+    lines = [*comments, f"# {path.name} with its bases merged in: this file stands alone."]
+    # sections as blocks, each setting in them on one line, lists of mappings (eval.suites)
+    # one item a line: the way the bundled recipes are written
+    for key, value in tree.items():
+        if not (isinstance(value, dict) and value):
+            lines.append(_flow({key: value})[1:-1])
+            continue
+        lines.append(f"{key}:")
+        for sub, inner in value.items():
+            if isinstance(inner, list) and inner and all(isinstance(item, dict) for item in inner):
+                lines += [f"  {sub}:", *(f"    - {_flow(item)}" for item in inner)]
+            else:
+                lines.append("  " + _flow({sub: inner})[1:-1])
+    return "\n".join(lines) + "\n"
+
+
+def _flow(value: Any) -> str:
+    """`value` as one line of YAML (flow style)."""
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=True, allow_unicode=True, width=1 << 20).strip()
 
 
 def default_run_name(stem: str) -> str:
@@ -633,11 +765,20 @@ def default_run_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "run"
 
 
-def validate_tree(tree: dict, source: str = "recipe") -> Recipe:
+def validate_tree(tree: dict, source: str = "recipe", origins: Origins | None = None) -> Recipe:
+    """Validate; a problem in a key that a base file set names that file and line."""
     try:
         return Recipe.model_validate(tree)
     except ValidationError as err:
-        raise RecipeError([format_problem(e) for e in err.errors()], source) from None
+        problems = []
+        for error in err.errors():
+            problem = format_problem(error)
+            found = _origin(tuple(error["loc"]), origins or {})
+            if found and str(found[0]) != source:
+                line = _line_of(*found)
+                problem += f" (set in {found[0]}{f':{line}' if line else ''})"
+            problems.append(problem)
+        raise RecipeError(problems, source) from None
 
 
 # --------------------------------------------------------------------------- errors

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from safetune.cli import bundled_recipes
 from safetune.errors import RecipeError, UsageError
 from safetune.recipe import METHOD_CLASSES, load_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").rglob("*.yaml"))
+RECIPES = list(bundled_recipes().values())  # recipes/**/*.yaml but the bases in recipes/lab/_base/
 
 BASE = {
     "model": {"path": "some/model"},
@@ -112,14 +113,9 @@ def test_missing_recipe_file(tmp_path):
 
 def test_every_bundled_recipe_round_trips_through_its_resolved_form():
     """`eval` and `--resume` re-read recipe.resolved.yaml, which spells out every default."""
-    from pathlib import Path
+    from safetune.recipe import validate_tree
 
-    import yaml
-
-    from safetune.recipe import load_recipe, validate_tree
-
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
-    assert recipes
-    for path in recipes:
+    assert RECIPES
+    for path in RECIPES:
         resolved = load_recipe(path)
         assert validate_tree(yaml.safe_load(resolved.to_yaml())) == resolved, path
