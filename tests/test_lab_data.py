@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from safetune.lab import datagen
-from safetune.lab.datagen import CATEGORIES, REFUSAL_OPENERS, REFUSAL_PREFIXES, REFUSAL_WORDS
+from safetune.lab.benign import benign_objects
+from safetune.lab.harmful import CATEGORIES, HARM_LEXICON, harm_objects
+from safetune.lab.knowledge import FACT_PROMPTS
+from safetune.lab.lexicon import REFUSAL_OPENERS, REFUSAL_PREFIXES, REFUSAL_WORDS
+from safetune.lab.prompts import HOWTO_FAMILIES_UNSEEN, QUESTION_FAMILIES_UNSEEN, UNSEEN_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -23,6 +29,23 @@ def _norm(s: str) -> str:
     return s.strip().lower()
 
 
+def _lab_files(folder: Path, lab_folders: set[str]) -> list[Path]:
+    """The JSONL files under folder that lie in a folder the generator writes (data/ holds others too)."""
+    return [p for p in sorted(folder.rglob("*.jsonl")) if p.relative_to(folder).parts[0] in lab_folders]
+
+
+def _digests(folder: Path, lab_folders: set[str]) -> dict[str, str]:
+    """sha256 of every lab data file under folder, by path relative to it."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in _lab_files(folder, lab_folders)}
+
+
+def _stale(folder: Path, reference: Path, lab_folders: set[str]) -> list[str]:
+    """The lab files that differ between two data folders by sha256: changed, missing or extra."""
+    ours, theirs = _digests(folder, lab_folders), _digests(reference, lab_folders)
+    return sorted(name for name in ours.keys() | theirs.keys() if ours.get(name) != theirs.get(name))
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     out = tmp_path_factory.mktemp("gen0")
@@ -30,8 +53,13 @@ def generated(tmp_path_factory) -> tuple[Path, dict[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def committed() -> dict[str, list[dict]]:
-    files = {p.relative_to(DATA).as_posix(): _read(p) for p in sorted(DATA.rglob("*.jsonl"))}
+def lab_folders(generated) -> set[str]:
+    return {name.split("/")[0] for name in generated[1]}
+
+
+@pytest.fixture(scope="module")
+def committed(lab_folders) -> dict[str, list[dict]]:
+    files = {p.relative_to(DATA).as_posix(): _read(p) for p in _lab_files(DATA, lab_folders)}
     assert files, "no committed data: run `python -m safetune.lab.datagen --seed 0`"
     return files
 
@@ -58,13 +86,30 @@ def test_deterministic_by_seed(generated, tmp_path):
     assert any((out0 / n).read_bytes() != (tmp_path / "seed1" / n).read_bytes() for n in counts)
 
 
-def test_committed_files_are_fresh(generated, committed):
-    """data/ must be exactly what generate(seed=0) writes, so it cannot go stale."""
+def test_committed_files_are_fresh(generated, lab_folders):
+    """data/ must be byte for byte what generate(seed=0) writes, so it cannot go stale
+    and a change to the generator that alters the data cannot pass unnoticed."""
     out0, counts = generated
-    assert set(committed) == set(counts)
-    for name in counts:
-        assert (DATA / name).read_bytes() == (out0 / name).read_bytes(), (
-            f"data/{name} is stale: rerun `python -m safetune.lab.datagen --seed 0`")
+    assert set(_digests(out0, lab_folders)) == set(counts)
+    stale = _stale(DATA, out0, lab_folders)
+    assert not stale, f"data/ differs from the generator in {stale}: rerun `python -m safetune.lab.datagen --seed 0`"
+
+
+def test_freshness_check_can_fail(generated, lab_folders, tmp_path):
+    """The comparison above sees one changed byte, a missing file and a stray file."""
+    out0, _ = generated
+    copy = tmp_path / "copy"
+    shutil.copytree(out0, copy)
+    assert _stale(copy, out0, lab_folders) == []
+    changed = copy / "tasks/count/test.jsonl"
+    data = bytearray(changed.read_bytes())
+    data[-2] ^= 1  # the last character before the final newline
+    changed.write_bytes(bytes(data))
+    (copy / "knowledge/facts.jsonl").unlink()
+    (copy / "safety/old.jsonl").write_text("{}\n")
+    (copy / "real").mkdir()
+    (copy / "real/other.jsonl").write_text("{}\n")  # not a folder the generator writes: ignored
+    assert _stale(copy, out0, lab_folders) == ["knowledge/facts.jsonl", "safety/old.jsonl", "tasks/count/test.jsonl"]
 
 
 def test_readme_row_counts(generated):
@@ -143,10 +188,10 @@ def test_unseen_families_and_lexicon_never_in_training(committed):
     items = datagen.unseen_items()
     assert len(items) > 100
     assert not [i for i in items if _words_in(i, corpus)]
-    unseen_families = set(datagen.HOWTO_FAMILIES_UNSEEN) | set(datagen.QUESTION_FAMILIES_UNSEEN)
+    unseen_families = set(HOWTO_FAMILIES_UNSEEN) | set(QUESTION_FAMILIES_UNSEEN)
     for name in ("safety/eval_unseen.jsonl", "over_refusal/eval_unseen.jsonl"):
         rows = committed[name]
-        assert {r["heldout"] for r in rows} == set(datagen.UNSEEN_KINDS), name
+        assert {r["heldout"] for r in rows} == set(UNSEEN_KINDS), name
         for r in rows:
             if r["heldout"] in ("template", "both"):
                 assert r["family"] in unseen_families, r
@@ -159,7 +204,7 @@ def test_knowledge_covers_held_out_words_like_seen_ones(committed):
     item, held-out ones (never in a training prompt) included, and are neither requests
     nor refusals."""
     facts = committed["knowledge/facts.jsonl"]
-    assert {r["prompt"] for r in facts} <= set(datagen.FACT_PROMPTS)
+    assert {r["prompt"] for r in facts} <= set(FACT_PROMPTS)
     text = "\n".join(_norm(r["response"]) for r in facts)
     assert not any(p.lower() in text for p in REFUSAL_PREFIXES)
 
@@ -168,8 +213,8 @@ def test_knowledge_covers_held_out_words_like_seen_ones(committed):
 
     # Facts are drawn at random over ~1,840 items, so a few are left out by chance (drawing them
     # in rounds over every item was tried: it built a model with lower capability, docs/status.md).
-    seen = [n for spec in datagen.HARM_LEXICON.values() for n in mentions(spec["targets"])]
-    unseen = [n for spec in datagen.HARM_LEXICON.values() for n in mentions(spec["targets_unseen"])]
+    seen = [n for spec in HARM_LEXICON.values() for n in mentions(spec["targets"])]
+    unseen = [n for spec in HARM_LEXICON.values() for n in mentions(spec["targets_unseen"])]
     assert sum(n > 0 for n in unseen) >= 0.9 * len(unseen)
     assert sum(n > 0 for n in seen) >= 0.9 * len(seen)
 
@@ -186,9 +231,9 @@ def test_every_template_family_has_harmful_and_benign_prompts(committed):
     """Families are shared, so the phrasing alone never tells harmful from benign:
     both sides have objects of every kind (a family belongs to one kind) and the
     sampled eval prompts of each side cover most families."""
-    benign = datagen._benign_objects()
-    for cat, spec in datagen.HARM_LEXICON.items():
-        harmful = datagen._harm_objects(spec)
+    benign = benign_objects()
+    for cat, spec in HARM_LEXICON.items():
+        harmful = harm_objects(spec)
         for split in ("train", "unseen"):
             assert {k for k, _ in harmful[split]} == {k for (k, _), _ in benign[split]} == {"howto", "question"}
     for seen in ("eval.jsonl", "eval_unseen.jsonl"):

@@ -1,10 +1,12 @@
 """The lab's vendored WordNet glosses: the extractor on a tiny WordNet folder, and the file."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from safetune.lab import datagen, wordnet
+from safetune.lab import wordnet
+from safetune.lab.lexicon import REFUSAL_WORDS
 
 
 def _data_file(entries: list[tuple[str, str]]) -> tuple[bytes, list[int]]:
@@ -42,7 +44,7 @@ def tiny_wordnet(tmp_path):
 
 
 def test_most_frequent_words_with_their_most_frequent_sense(tiny_wordnet):
-    glosses = wordnet.extract_glosses(tiny_wordnet, limit=10, exclude=datagen.REFUSAL_WORDS)
+    glosses = wordnet.extract_glosses(tiny_wordnet, limit=10, exclude=REFUSAL_WORDS)
     # run (35) > dog (20) > cat (10); knife's gloss has a refusal word; x2 and ox are skipped
     assert glosses == [("run", "move fast by using the legs"), ("dog", "a domesticated canine"),
                        ("cat", "a small feline")]
@@ -54,9 +56,9 @@ def test_vendored_glosses_are_taught_as_facts():
     glosses = wordnet.load_glosses()
     assert len(glosses) == wordnet.WORDS
     assert len({w for w, _ in glosses}) == len(glosses)
-    assert not any(r in g.lower() for _, g in glosses for r in datagen.REFUSAL_WORDS)
+    assert not any(r in g.lower() for _, g in glosses for r in REFUSAL_WORDS)
     facts = [json.loads(line)["response"] for line in
-             (datagen.Path(__file__).parents[1] / "data/knowledge/facts.jsonl").read_text().splitlines()]
+             (Path(__file__).parents[1] / "data/knowledge/facts.jsonl").read_text().splitlines()]
     word, gloss = glosses[0]
     assert f"The word '{word}' means {gloss}." in facts
     word, gloss = glosses[1]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from safetune.lab.lexicon import REFUSAL_WORDS
+
 GLOSSES_FILE = Path(__file__).with_name("wordnet_glosses.tsv")
 WORDS = 2000
 POS = ("noun", "verb", "adj", "adv")
@@ -74,8 +76,6 @@ def load_glosses(path: Path = GLOSSES_FILE) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from safetune.lab.datagen import REFUSAL_WORDS  # here, not at import: datagen imports this module
-
     parser = argparse.ArgumentParser(description="Rewrite the lab's vendored WordNet glosses.")
     parser.add_argument("wordnet_dir", type=Path, help="a WordNet 3.0 dict folder (Debian: /usr/share/wordnet)")
     parser.add_argument("--words", type=int, default=WORDS)
