@@ -15,7 +15,7 @@ from safetune.evaluation.baseline_cache import FileHashes, baseline_key, baselin
 from safetune.evaluation.runner import current_baseline, load_baseline, run_baseline
 from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import validate_tree
-from safetune.training import ensure_baseline
+from safetune.train_eval import ensure_baseline
 from tests.test_eval_runner import eval_data, recipe_tree  # noqa: F401 (eval_data is a fixture)
 
 

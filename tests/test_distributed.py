@@ -291,15 +291,16 @@ def _train_on_rank(rank: int, tree: dict, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    import safetune.train_setup as train_setup
     import safetune.training as training
 
-    read = training.load_model
+    read = train_setup.load_model
 
     def load_model_on_rank_0_only(*args, **kwargs):
         assert rank == 0, "rank 1 read the model's weights"
         return read(*args, **kwargs)
 
-    training.load_model = load_model_on_rank_0_only
+    train_setup.load_model = load_model_on_rank_0_only
     training.train(validate_tree(tree), show_progress=False)
 
 

@@ -76,20 +76,20 @@ def test_the_rollback_snapshot_holds_the_trainable_weights_in_cpu_memory(tiny_mo
     the accelerator; a rollback still restores the trained weights exactly."""
     import torch
 
-    from safetune.training import Trainer
+    from safetune.train_state import StateKeeper
 
     snapshots, restored = [], []
     remember = SafetyMonitor.remember
     monkeypatch.setattr(SafetyMonitor, "remember", lambda self, state: (remember(self, state),
                                                                         snapshots.append(self.snapshot)))
-    rollback = Trainer.rollback
+    rollback = StateKeeper.rollback
 
     def checked_rollback(self, target, lr_factor, from_disk=False):
         rollback(self, target, lr_factor, from_disk)
         live = dict(self.model.named_parameters())
         restored.append(all(torch.equal(live[name].detach().cpu(), saved) for name, saved in target["model"].items()))
 
-    monkeypatch.setattr(Trainer, "rollback", checked_rollback)
+    monkeypatch.setattr(StateKeeper, "rollback", checked_rollback)
     scripted(monkeypatch, [1.0, 0.95, 0.5, 0.95, 0.95])
     tree = recipe(tiny_model_dir, tiny_data, tmp_path / "run", min_retained=0.9).model_dump(mode="json")
     tree["model"]["lora"] = {"r": 4, "alpha": 8}

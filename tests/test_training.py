@@ -131,7 +131,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, tiny_data
 
 
 def test_lr_schedules():
-    from safetune.training import lr_multiplier
+    from safetune.train_setup import lr_multiplier
 
     cosine = lr_multiplier("cosine", warmup=2, total=10)
     assert cosine(0) < cosine(1) < cosine(2) == pytest.approx(1.0)

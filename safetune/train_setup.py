@@ -1,0 +1,120 @@
+"""The parts a training run is built from, each made from the recipe: the model (LoRA,
+gradient checkpointing, FSDP's sharded loading, a frozen reference copy), the number of
+steps, the optimizer and its learning-rate schedule. `Trainer.setup` puts them together.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import torch
+
+from safetune.distributed import Distributed
+from safetune.modeling import add_lora, build_empty_model, load_model
+from safetune.recipe import Recipe
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- the model
+def build_model(recipe: Recipe, dist: Distributed, device: torch.device, wants_reference: bool):
+    """The model to train (LoRA, checkpointing; sharded under FSDP) and, if a method wants one,
+    a frozen copy of the aligned model (else None)."""
+    if dist.sharded:  # FSDP: sharded from the start; no rank holds the whole model on its device
+        return load_sharded_model(recipe, dist, device, wants_reference)
+    model = prepare_model(load_model(recipe.model, device=device), recipe)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if wants_reference else None
+    return model, reference
+
+
+def prepare_model(model, recipe: Recipe):
+    """LoRA adapters and gradient checkpointing, as the recipe asks."""
+    if recipe.model.lora:
+        model = add_lora(model, recipe.model)
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def load_sharded_model(recipe: Recipe, dist: Distributed, device: torch.device, wants_reference: bool):
+    """FSDP: rank 0 alone reads the weights (into CPU memory); every rank builds the model on
+    the meta device, shards it and receives its shards from rank 0 (`Distributed.load_shards`).
+    The frozen reference copy, if a method wants one, is sharded the same way.
+
+    Rank 0 makes its LoRA adapters (random init) exactly as one process would, and every
+    rank then continues from rank 0's random state: the run is the 1-process run's.
+    """
+    whole = buffers = loaded_as = conversions = None
+    if dist.is_main:
+        base = load_model(recipe.model, device="cpu")
+        # what from_pretrained gives beyond the weights: the dtype, the folder's generation
+        # settings, and (rank 0 alone saves) the renaming back to the checkpoint's own key names
+        loaded_as = {"dtype": base.dtype, "generation_config": base.generation_config}
+        conversions = getattr(base, "_weight_conversions", None)
+        loaded = prepare_model(base, recipe)
+        whole, buffers = loaded.state_dict(), dict(loaded.named_buffers())
+        del base, loaded
+    loaded_as = dist.broadcast(loaded_as)
+    random_state = dist.broadcast(torch.get_rng_state())  # rank 0's, as one process has it now
+    models = []
+    for _ in range(2 if wants_reference else 1):
+        model = build_empty_model(recipe.model, **loaded_as, weight_conversions=conversions)
+        models.append(dist.load_shards(prepare_model(model, recipe), whole, buffers, device))
+    del whole, buffers
+    torch.set_rng_state(random_state)  # building (e.g. LoRA's init of what is then overwritten) drew from it
+    reference = models[1].eval().requires_grad_(False) if wants_reference else None
+    return models[0], reference
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass: memory for time, same gradients."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # LoRA: frozen embeddings must still pass gradients on
+
+
+def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile'd view of `model` (same parameters) for the task forward pass only.
+
+    A wrapper, not `model.compile()` in place: safety passes and generation (probes, the
+    final evaluation) call the model itself and stay eager, since generation would
+    recompile at every new sequence length. Batch widths vary, so the second width seen
+    makes torch compile a dynamic-shape graph once instead of one graph per width.
+    """
+    return torch.compile(model)
+
+
+# --------------------------------------------------------------------------- steps and optimizer
+def count_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+    if recipe.train.max_steps is not None:
+        return recipe.train.max_steps
+    return max(1, math.ceil(recipe.train.epochs * batches_per_epoch / recipe.train.grad_accum))
+
+
+def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused where the device has a fused kernel (one launch for all tensors)."""
+    fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas,
+                             weight_decay=recipe.train.weight_decay, fused=fused)
+
+
+def lr_multiplier(schedule: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
