@@ -10,25 +10,20 @@ checks that both produce the same responses, and writes bench/results/eval_speed
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.helpers (the tiny-model fallback)
+# common first: it puts the checkout on sys.path for the imports below
+from common import ROOT, add_threads, command_line, model_dir, new_parser, set_threads, timed, write_results
+from safetune.evaluation.generation import generate, generate_one_by_one
+from safetune.modeling import load_model, load_tokenizer, pick_device
+from safetune.recipe import ModelConfig
 
-from safetune.evaluation.generation import generate, generate_one_by_one  # noqa: E402
-from safetune.modeling import lab_model_dir, load_model, load_tokenizer, pick_device  # noqa: E402
-from safetune.recipe import ModelConfig  # noqa: E402
-
-LAB_PROMPTS = REPO / "data" / "safety" / "eval.jsonl"
-RESULTS = REPO / "bench" / "results" / "eval_speed.json"
+LAB_PROMPTS = ROOT / "data" / "safety" / "eval.jsonl"
 
 
 def bench_prompts(count: int) -> list[str]:
@@ -39,40 +34,25 @@ def bench_prompts(count: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def model_dir(requested: str | None, scratch: Path) -> tuple[Path, str]:
-    if requested:
-        return Path(requested), requested
-    if (lab_model_dir() / "config.json").is_file():
-        return lab_model_dir(), "lab model"
+def tiny_model(scratch: Path) -> Path:
     from tests.helpers import make_tiny_model_dir
 
-    print(f"lab model not found at {lab_model_dir()}: using a tiny random model (run `safetune lab build`)")
-    return make_tiny_model_dir(scratch / "tiny"), "tiny random model (lab model absent)"
-
-
-def timed(function, *args, **kwargs):
-    started = time.perf_counter()
-    result = function(*args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - started
+    return make_tiny_model_dir(scratch / "tiny")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__, summary_only=True)
     parser.add_argument("--model", help="model directory (default: the lab model)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
-                        "1 gives steadier numbers on a busy machine")
+    add_threads(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
-        path, label = model_dir(args.model, Path(scratch))
+        path, label = model_dir(args.model, Path(scratch), "tiny random model", tiny_model)
         config = ModelConfig(path=str(path))
         device = pick_device(args.device)
         model, tokenizer = load_model(config, device=device), load_tokenizer(config)
@@ -85,7 +65,7 @@ def main() -> None:
 
     agreement = sum(a == b for a, b in zip(batched, one_by_one)) / len(prompts)
     result = {
-        "command": " ".join(["python", "bench/bench_eval.py", *sys.argv[1:]]),
+        "command": command_line("bench_eval.py"),
         "model": label,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
@@ -106,9 +86,8 @@ def main() -> None:
     print(f"batched (batch {args.batch_size}): {result['batched_prompts_per_s']:8.1f} prompts/s  ({batched_s:.2f}s)")
     print(f"one by one:          {result['one_by_one_prompts_per_s']:8.1f} prompts/s  ({one_by_one_s:.2f}s)")
     print(f"speedup: {result['speedup']:.1f}x   identical responses: {agreement:.0%}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    written = write_results("eval_speed", result)
+    print(f"wrote {written[0].relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

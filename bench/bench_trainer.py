@@ -27,16 +27,11 @@ bench/results/<name>.json and .md (`--name`, default trainer).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,27 +39,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# common first: it puts the checkout on sys.path for the imports below
+from common import (ROOT, abba, add_threads, command_line, machine, markdown_table, model_dir,  # noqa: E402
+                    new_parser, paired_ratios, quiet_transformers, set_threads, stamp, write_results)
 
-from safetune.modeling import lab_model_dir  # noqa: E402
-
-RESULTS = REPO / "bench" / "results"
-TASK = REPO / "data" / "tasks" / "sentiment" / "train.jsonl"
+TASK = ROOT / "data" / "tasks" / "sentiment" / "train.jsonl"
 ROWS = ["safetune", "transformers", "safetune+packing", "transformers+packing"]
 OPTIONAL_ROWS = ["safetune+compile"]
 
 
 # --------------------------------------------------------------------------- set-up
-def model_dir(requested: str | None, scratch: Path) -> tuple[Path, str]:
-    if requested:
-        return Path(requested), requested
-    if (lab_model_dir() / "config.json").is_file():
-        return lab_model_dir(), "lab model"
-    print(f"lab model not found at {lab_model_dir()}: using a lab-shaped random Llama (run `safetune lab build`)")
-    return build_lab_shaped_model(scratch / "lab-shaped"), "lab-shaped random Llama (lab model absent)"
-
-
 def build_lab_shaped_model(out: Path) -> Path:
     """The lab model's architecture and tokenizer, untrained: the same cost per step."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -99,11 +83,6 @@ def recipe_for(args, model: Path, out: Path, packing: bool, compile: bool = Fals
     })
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 # --------------------------------------------------------------------------- the two loops
 def run_safetune(args, model: Path, scratch: Path, packing: bool, compile: bool = False) -> dict:
     """safetune's own loop (Trainer.fit); timestamps after the warm-up and the last step."""
@@ -121,8 +100,7 @@ def run_safetune(args, model: Path, scratch: Path, packing: bool, compile: bool 
         if step > args.warmup:
             tokens[0] += out["tokens"]
         if step in (args.warmup, args.warmup + args.steps):
-            synchronize(args.device)
-            stamps[step] = (time.perf_counter(), time.process_time())
+            stamps[step] = stamp(args.device)
         return out
 
     trainer.train_step = timed_step  # fit() calls it once per step; nothing else changes
@@ -153,8 +131,7 @@ def run_transformers(args, model: Path, scratch: Path, packing: bool) -> dict:
     class Stamps(TrainerCallback):
         def on_step_end(self, _args, state, control, **kwargs):
             if state.global_step in (args.warmup, args.warmup + args.steps):
-                synchronize(args.device)
-                stamps[state.global_step] = (time.perf_counter(), time.process_time())
+                stamps[state.global_step] = stamp(args.device)
 
     training_args = TrainingArguments(
         output_dir=str(scratch / "hf-run"), max_steps=args.warmup + args.steps,
@@ -192,10 +169,10 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 # --------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__, summary_only=True)
     parser.add_argument("--model", help="model directory (default: the lab model)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch; 1 gives steadier numbers on a busy machine")
+    add_threads(parser)
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the clock starts")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each row (ABBA order)")
@@ -205,21 +182,15 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS + OPTIONAL_ROWS, default=ROWS)
     parser.add_argument("--name", default="trainer", help="results file name under bench/results/")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    set_threads(args.threads)
+    quiet_transformers()
 
     runs = {row: [] for row in args.rows}
     last_weights: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        model, label = model_dir(args.model, scratch)
-        order = []
-        for repeat in range(args.repeats):
-            order += args.rows if repeat % 2 == 0 else args.rows[::-1]
+        model, label = model_dir(args.model, scratch, "lab-shaped random Llama", build_lab_shaped_model)
+        order = [row for rows in abba(args.rows, args.repeats) for row in rows]
         for number, row in enumerate(order, start=1):
             work = scratch / f"run-{number}"
             work.mkdir()
@@ -243,10 +214,9 @@ def main() -> None:
         if a in medians and b in medians:
             ratios[f"{a} / {b}"] = medians[a] / medians[b]
             cpu_ratios[f"{a} / {b}"] = cpu_medians[a] / cpu_medians[b]
-            # run r of each row ran in the same ABBA block, minutes apart at most: the median of
-            # these per-block ratios shrugs off a machine that got busier between blocks
-            paired[f"{a} / {b}"] = statistics.median(
-                x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b]))
+            # run r of each row ran in the same ABBA block
+            paired[f"{a} / {b}"] = statistics.median(paired_ratios(
+                [x["tokens_per_s"] for x in runs[a]], [y["tokens_per_s"] for y in runs[b]]))
     # same batches, optimizer and schedule: both loops must end at the same weights
     agreement = {}
     for a, b in (("safetune", "transformers"), ("safetune+packing", "transformers+packing"),
@@ -254,11 +224,9 @@ def main() -> None:
         if a in last_weights and b in last_weights:
             agreement[f"{a} vs {b}"] = max_difference(last_weights[a], last_weights[b])
     result = {
-        "command": " ".join(["python", "bench/bench_trainer.py", *sys.argv[1:]]),
+        "command": command_line("bench_trainer.py"),
         "model": label, "parameters": parameters, "device": args.device, "precision": args.precision,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()),
+        **machine(), "transformers": __import__("transformers").__version__,
         "batch_size": args.batch_size, "max_seq_len": args.max_seq_len, "warmup_steps": args.warmup,
         "measured_steps": args.steps, "repeats": args.repeats, "order": "ABBA",
         "median_tokens_per_s": medians, "ratios": ratios, "paired_ratios": paired,
@@ -276,10 +244,8 @@ def main() -> None:
               f"per CPU second {cpu_ratios[name]:.2f}x)")
     for name, value in agreement.items():
         print(f"max |weight difference| {name}: {value:.1e}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {(RESULTS / f'{args.name}.json').relative_to(REPO)} and {args.name}.md")
+    written = write_results(args.name, result, markdown(result))
+    print(f"wrote {written[0].relative_to(ROOT)} and {written[1].name}")
 
 
 def markdown(result: dict) -> str:
@@ -293,15 +259,16 @@ def markdown(result: dict) -> str:
         f"torch {result['torch']}, transformers {result['transformers']}, load average at the end "
         f"{result['load_average_at_end'][0]:.1f} on {result['cpu_count']} CPUs.",
         "",
-        "| loop | median tokens/s | runs | median tokens per CPU second |",
-        "|---|---:|---|---:|",
     ]
-    for row, median in result["median_tokens_per_s"].items():
-        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in result["runs"][row])
-        lines.append(f"| {row} | {median:.0f} | {each} | {result['median_tokens_per_cpu_s'][row]:.0f} |")
-    lines += ["", "| ratio | of the medians | median of per-block ratios | per CPU second |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {value:.2f}x | {result['paired_ratios'][name]:.2f}x | {result['cpu_time_ratios'][name]:.2f}x |"
-              for name, value in result["ratios"].items()]
+    lines += markdown_table(
+        ["loop", "median tokens/s", "runs", "median tokens per CPU second"],
+        [[row, f"{median:.0f}", ", ".join(f"{r['tokens_per_s']:.0f}" for r in result["runs"][row]),
+          f"{result['median_tokens_per_cpu_s'][row]:.0f}"] for row, median in result["median_tokens_per_s"].items()],
+        align="lrlr")
+    lines += ["", *markdown_table(
+        ["ratio", "of the medians", "median of per-block ratios", "per CPU second"],
+        [[name, f"{value:.2f}x", f"{result['paired_ratios'][name]:.2f}x", f"{result['cpu_time_ratios'][name]:.2f}x"]
+         for name, value in result["ratios"].items()], align="lrrr")]
     lines += ["", "Same batches, optimizer and schedule, so both loops end at the same weights up to rounding "
               "(max |difference| after the last run of each: "
               + ", ".join(f"{k}: {v:.1e}" for k, v in result["max_weight_difference"].items()) + ")."]
