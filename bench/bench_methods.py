@@ -28,20 +28,14 @@ to A/B in two runs).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from common import (ROOT, RESULTS, abba, add_threads, command_line, machine, markdown_table, new_parser,
+                    paired_ratios, set_threads, timing, write_results)
 
 # `defended` is the configuration for training data that cannot be trusted: timed on such data
 DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k24", "safegrad", "sap", "token-weighting",
@@ -80,33 +74,23 @@ def build_trainer(task: str, config: str, steps: int, scratch: Path, device: str
     return trainer
 
 
-def synchronize(trainer) -> None:
-    """Wait for the kernels a GPU still has queued (a no-op on the CPU)."""
-    import torch
-
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize(trainer.device)
-
-
 def run_block(trainer, steps: int) -> tuple[float, float]:
     """Wall and CPU seconds for `steps` optimizer steps."""
-    synchronize(trainer)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        trainer.train_step()
-    synchronize(trainer)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    with timing(trainer.device) as clock:
+        for _ in range(steps):
+            trainer.train_step()
+    return clock.wall, clock.cpu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated, each <config> or <config>@<setting>; the standard runs they are "
                              "divided by are added")
     parser.add_argument("--block", type=int, default=48, help="optimizer steps per timed block")
     parser.add_argument("--rounds", type=int, default=8, help="timed blocks per config (ABBA order)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the lab bench runs one-thread runs)")
+    add_threads(parser, default=1, why="the lab bench runs one-thread runs")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the steps run")
     parser.add_argument("--override", action="append", default=[], help="recipe override for every config")
     parser.add_argument("--method-override", action="append", default=[],
@@ -114,10 +98,7 @@ def main() -> None:
     parser.add_argument("--name", default="methods", help="results file name (.json, .md)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     wanted = [c for c in args.configs.split(",") if c]
     references = {reference_of(c) for c in wanted}
     configs = list(dict.fromkeys([reference_of(c) for c in wanted] + wanted))  # the references first
@@ -132,8 +113,7 @@ def main() -> None:
         for config in configs:  # warm-up block: first-call allocations, caches
             run_block(trainers[config], args.block)
         blocks: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
-        for round_index in range(args.rounds):
-            order = configs if round_index % 2 == 0 else configs[::-1]
+        for round_index, order in enumerate(abba(configs, args.rounds)):
             for config in order:
                 blocks[config].append(run_block(trainers[config], args.block))
             print(f"round {round_index + 1}/{args.rounds}: "
@@ -142,26 +122,23 @@ def main() -> None:
 
     rows = {}
     for config in configs:
-        mine, standard = blocks[config], blocks[reference_of(config)]
+        (walls, cpus), (standard_walls, standard_cpus) = zip(*blocks[config]), zip(*blocks[reference_of(config)])
+        ratios = paired_ratios(walls, standard_walls)
         rows[config] = {
             "relative_to": reference_of(config),
-            "ms_per_step": statistics.median(wall for wall, _ in mine) / args.block * 1000,
-            "ratio": statistics.median(a[0] / b[0] for a, b in zip(mine, standard)),
-            "cpu_ratio": statistics.median(a[1] / b[1] for a, b in zip(mine, standard)),
-            "ratio_range": [min(a[0] / b[0] for a, b in zip(mine, standard)),
-                            max(a[0] / b[0] for a, b in zip(mine, standard))],
-            "blocks_s": [round(wall, 4) for wall, _ in mine],
+            "ms_per_step": statistics.median(walls) / args.block * 1000,
+            "ratio": statistics.median(ratios),
+            "cpu_ratio": statistics.median(paired_ratios(cpus, standard_cpus)),
+            "ratio_range": [min(ratios), max(ratios)],
+            "blocks_s": [round(wall, 4) for wall in walls],
         }
     result = {
-        "command": " ".join(["python", "bench/bench_methods.py", *sys.argv[1:]]),
+        "command": command_line("bench_methods.py"),
         "task": args.task, "block": args.block, "rounds": args.rounds, "order": "ABBA",
         "device": device_name(args.device), "overrides": args.override, "method_overrides": args.method_override,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()), "configs": rows,
+        **machine(), "configs": rows,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (args.results / f"{args.name}.md").write_text(markdown(result), encoding="utf-8")
+    write_results(args.name, result, markdown(result), args.results)
     print(markdown(result))
 
 
@@ -178,12 +155,11 @@ def markdown(result: dict) -> str:
              f"{result['torch_threads']} torch thread(s), torch {result['torch']}. Lab task `{result['task']}`, "
              f"blocks of {result['block']} optimizer steps, {result['rounds']} rounds in ABBA order after a "
              "warm-up block; ratio = median over rounds of (the config's block time / the block time of "
-             "`standard` on the same data in the same round); `@harmful-10%`: task data with 10 % harmful rows.", "",
-             "| config | ms / step | step time × standard (same data) | range over rounds | CPU time × |", "|---|---:|---:|---|---:|"]
-    for config, row in result["configs"].items():
-        low, high = row["ratio_range"]
-        lines.append(f"| {config} | {row['ms_per_step']:.0f} | {row['ratio']:.2f} | {low:.2f}–{high:.2f} | "
-                     f"{row['cpu_ratio']:.2f} |")
+             "`standard` on the same data in the same round); `@harmful-10%`: task data with 10 % harmful rows.", ""]
+    lines += markdown_table(
+        ["config", "ms / step", "step time × standard (same data)", "range over rounds", "CPU time ×"],
+        [[config, f"{row['ms_per_step']:.0f}", f"{row['ratio']:.2f}", "{:.2f}–{:.2f}".format(*row["ratio_range"]),
+          f"{row['cpu_ratio']:.2f}"] for config, row in result["configs"].items()], align="lrrlr")
     return "\n".join(lines) + "\n"
 
 

@@ -16,14 +16,11 @@ fresh s from 192 refusal examples. (docs/methods.md, "Session 18", has the figur
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from common import add_threads, new_parser, set_threads
 
 
 def flat(tensors):
@@ -43,21 +40,19 @@ def gradient(ctx, params, examples):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--task", default="extract")
     parser.add_argument("--config", default="standard", help="lab recipe: recipes/lab/<task>-<config>.yaml")
     parser.add_argument("--steps", type=int, default=48, help="optimizer steps before measuring the noise")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 48, 192])
     parser.add_argument("--staleness", action="store_true", help="cached s against a fresh s during training")
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads(parser, default=2)
     args = parser.parse_args()
-
-    import torch
 
     from bench_methods import build_trainer
     from safetune.methods.safety_signal import borderline_batch, safety_batch
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = build_trainer(args.task, args.config, max(args.steps, 1) + 1, Path(scratch))
         ctx, params = trainer.ctx, [p for _, p in trainer.ctx.trainable_parameters()]
