@@ -344,6 +344,30 @@ def lab_classifier(
     build_classifier(out, seed=seed, show_progress=not quiet)
 
 
+# --------------------------------------------------------------------------- a real model
+real_app = typer.Typer(help="A real pretrained chat model: SmolLM2-135M-Instruct, safety-aligned by safetune.",
+                       no_args_is_help=True)
+app.add_typer(real_app, name="real")
+
+
+@real_app.command("build")
+@handle_errors
+def real_build(
+    out: Optional[Path] = typer.Option(None, help="where to save it (default: $SAFETUNE_REAL_MODEL or ~/.cache/safetune/smollm2-135m-aligned)"),
+    seed: int = typer.Option(0, help="same seed, same model"),
+    steps: Optional[int] = typer.Option(None, help="LoRA steps (default: the build's setting)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="measure the model before and after (AdvBench, XSTest, reference loss)"),
+    advbench_limit: Optional[int] = typer.Option(None, help="evaluate the first N AdvBench prompts only (quicker trials)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Convert SmolLM2-135M-Instruct from its GGUF package and safety-align it (once; about half an hour on 2 cores)."""
+    from safetune.real.build import build
+
+    build(out, seed=seed, steps=steps, evaluate=evaluate, advbench_limit=advbench_limit,
+          threads=threads, show_progress=not quiet)
+
+
 def main() -> None:
     # Quiet Hugging Face without importing it here: `validate`, `recipes`, `init` and --help
     # must start fast, and transformers pulls in torch. (modeling.py turns its progress bars off.)

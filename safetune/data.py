@@ -100,7 +100,7 @@ def read_located_records(
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SafetuneError(f"{what}: {local}:{number}: invalid JSON ({err.msg})") from None
-            located.append((f"line {number} of {local}", _object(row, f"{what}: {local}:{number}")))
+            located.append((f"line {number} of {local}", _object(_chat_row(row), f"{what}: {local}:{number}")))
         return located
     if fmt == "json":
         try:
@@ -111,7 +111,8 @@ def read_located_records(
             loaded = loaded.get(split, loaded.get("data", []))
         if not isinstance(loaded, list):
             raise SafetuneError(f"{what}: {local}: expected a JSON array of objects (or {{\"{split}\": [...]}})")
-        return [(f"item [{i}] of {local}", _object(row, f"{what}: item [{i}] of {local}")) for i, row in enumerate(loaded)]
+        return [(f"item [{i}] of {local}", _object(_chat_row(row), f"{what}: item [{i}] of {local}"))
+                for i, row in enumerate(loaded)]
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         # line_num is the physical line the record ended on: the row's line unless a quoted field spans lines
@@ -141,6 +142,14 @@ def _read_text(local: Path, what: str) -> str:
         raise SafetuneError(
             f"{what}.path: {local}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
         ) from None
+
+
+def _chat_row(row: Any) -> Any:
+    """A chat written as a bare list of {role, content} turns (as published, e.g. Qi et al.'s
+    identity-shift set) is the row {"messages": turns}."""
+    if isinstance(row, list) and row and all(isinstance(turn, dict) and "role" in turn for turn in row):
+        return {"messages": row}
+    return row
 
 
 def _object(row: Any, where: str) -> dict[str, Any]:
@@ -178,14 +187,25 @@ def load_examples(source: SourceConfig, what: str, kind: str = "task") -> list[E
     return [_example(row, where, source, what, kind) for where, row in located]
 
 
+# Published instruction-tuning layouts, read as they come when the recipe names no columns:
+# (instruction, optional context, response) columns. Alpaca, and Dolly.
+INSTRUCTION_LAYOUTS = (("instruction", "input", "output"), ("instruction", "context", "response"))
+
+
 def _example(row: dict[str, Any], where: str, source: SourceConfig, what: str, kind: str) -> Example:
-    if source.messages_field:
-        messages = row.get(source.messages_field)
+    messages_field = source.messages_field or _chat_column(row, source)
+    if messages_field:
+        messages = row.get(messages_field)
         if not _is_chat(messages):
             raise SafetuneError(
-                f"{what}: {where}: '{source.messages_field}' must be a list "
+                f"{what}: {where}: '{messages_field}' must be a list "
                 "of {role, content} with at least one assistant turn"
             )
+    elif (layout := _instruction_layout(row, source)) is not None:
+        instruction, context, response = (_required(row, column, where, what) if column != layout[1]
+                                          else str(row.get(column) or "") for column in layout)
+        prompt = f"{instruction}\n\n{context}" if context.strip() else instruction
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     else:
         for column, setting in ((source.prompt_field, "prompt_field"), (source.response_field, "response_field")):
             if column not in row:
@@ -193,14 +213,40 @@ def _example(row: dict[str, Any], where: str, source: SourceConfig, what: str, k
                     f"{what}: {where} has no column '{column}' (columns: {', '.join(map(str, row)) or 'none'}); "
                     f"set {what}.{setting}"
                 )
-            if row[column] is None:  # JSON null, or a CSV line with too few fields
-                raise SafetuneError(f"{what}: {where}: column '{column}' has no value")
         messages = [
-            {"role": "user", "content": str(row[source.prompt_field])},
-            {"role": "assistant", "content": str(row[source.response_field])},
+            {"role": "user", "content": _required(row, source.prompt_field, where, what)},
+            {"role": "assistant", "content": _required(row, source.response_field, where, what)},
         ]
     category = row.get(source.category_field) if source.category_field else None
     return Example(messages=messages, category=category, source=kind, origin=where)
+
+
+def _uses_default_columns(source: SourceConfig) -> bool:
+    return not ({"prompt_field", "response_field"} & source.model_fields_set)
+
+
+def _chat_column(row: dict[str, Any], source: SourceConfig) -> str | None:
+    """'messages' when a row is a chat and the recipe names no columns (a JSON array of chats
+    reads as rows {"messages": [...]})."""
+    if _uses_default_columns(source) and source.prompt_field not in row and isinstance(row.get("messages"), list):
+        return "messages"
+    return None
+
+
+def _instruction_layout(row: dict[str, Any], source: SourceConfig) -> tuple[str, str, str] | None:
+    if not _uses_default_columns(source) or source.prompt_field in row:
+        return None
+    for layout in INSTRUCTION_LAYOUTS:
+        if layout[0] in row and layout[2] in row:
+            return layout
+    return None
+
+
+def _required(row: dict[str, Any], column: str, where: str, what: str) -> str:
+    value = row.get(column)
+    if value is None:  # JSON null, or a CSV line with too few fields
+        raise SafetuneError(f"{what}: {where}: column '{column}' has no value")
+    return str(value)
 
 
 def _is_chat(messages: Any) -> bool:

