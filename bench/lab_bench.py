@@ -20,22 +20,22 @@ README's Results section.
 
 from __future__ import annotations
 
-import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import shutil
 import statistics
-import multiprocessing
 import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from common import (RESULTS, ROOT, command_line, markdown_table, new_parser, quiet_transformers, set_threads,
+                    write_results)
+
 TASKS = ["sentiment", "extract", "count"]
 CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegrad-k24b48", "safegrad-update", "freeze", "ewc", "sap",
            "token-weighting", "mix-ewc", "defended"]  # the order of the tables
@@ -98,9 +98,7 @@ def run_one(task: str, config: str, setting: str, seed: int, out: Path, override
 def run_in_child(job: tuple, out: Path, overrides: list[str]) -> dict:
     """One run in a fresh one-thread process; its output goes to <run dir>.log, and an error
     comes back as a row with its last line (a bench keeps going past one failed run)."""
-    import torch
-
-    torch.set_num_threads(1)
+    set_threads(1)
     task, config, setting, seed = job
     log = out / f"{task}-{config}-{setting}-s{seed}.log"
     with log.open("w", encoding="utf-8") as sink:
@@ -227,26 +225,22 @@ def markdown(summary: list[dict], baselines: dict, meta: dict) -> str:
         lines += [f"## {task}", "",
                   f"Baseline (the aligned lab model): harmful refusal {base['harmful_refusal_rate']:.3f}, "
                   f"over-refusal {base['over_refusal_rate']:.3f}, task {base['task_score']:.3f}, "
-                  f"capability {base['capability_score']:.3f}.", "",
-                  "| config | setting | harmful refusal | min | retained | worst cat. | over-refusal | task | "
-                  "capability | step time × | memory × | gate |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for entry in [e for e in summary if e["task"] == task]:
-            refusal = entry["harmful_refusal_rate"]
-            lines.append(
-                f"| {entry['config']} | {entry['setting']} | {fmt(refusal)} | "
-                f"{refusal['min']:.2f} | {fmt(entry['retained'])} | {fmt(entry['worst_category'])} | "
-                f"{fmt(entry['over_refusal_rate'])} | {fmt(entry['task_score'])} | {fmt(entry['capability_score'])} | "
-                f"{entry.get('step_time_ratio', float('nan')):.2f} | {entry.get('memory_ratio', float('nan')):.2f} | "
-                f"{entry['gate_passed']}/{len(entry['seeds'])} |")
-        suites = sorted({name for e in summary if e["task"] == task for name in e["suites"]})
+                  f"capability {base['capability_score']:.3f}.", ""]
+        entries = [e for e in summary if e["task"] == task]
+        lines += markdown_table(
+            ["config", "setting", "harmful refusal", "min", "retained", "worst cat.", "over-refusal", "task",
+             "capability", "step time ×", "memory ×", "gate"],
+            [[e["config"], e["setting"], fmt(e["harmful_refusal_rate"]), f"{e['harmful_refusal_rate']['min']:.2f}",
+              fmt(e["retained"]), fmt(e["worst_category"]), fmt(e["over_refusal_rate"]), fmt(e["task_score"]),
+              fmt(e["capability_score"]), f"{e.get('step_time_ratio', float('nan')):.2f}",
+              f"{e.get('memory_ratio', float('nan')):.2f}", f"{e['gate_passed']}/{len(e['seeds'])}"] for e in entries])
+        suites = sorted({name for e in entries for name in e["suites"]})
         extra = [s for s in suites if s.endswith("unseen")]
         if extra:
-            lines += ["", "Held-out template families (unseen by the lab model's alignment data):", "",
-                      "| config | setting | " + " | ".join(extra) + " |", "|---|---|" + "---|" * len(extra)]
-            for entry in [e for e in summary if e["task"] == task]:
-                lines.append(f"| {entry['config']} | {entry['setting']} | "
-                             + " | ".join(fmt(entry["suites"].get(s)) for s in extra) + " |")
+            lines += ["", "Held-out template families (unseen by the lab model's alignment data):", ""]
+            lines += markdown_table(["config", "setting", *extra],
+                                    [[e["config"], e["setting"], *(fmt(e["suites"].get(s)) for s in extra)]
+                                     for e in entries])
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -302,10 +296,8 @@ def readme_table(summary: list[dict], baselines: dict, meta: dict) -> str:
     lines = [f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all{segments(meta)}. Each cell: harmful "
              f"refusal retained (refusal / baseline, mean ± std over seeds {meta['seeds']}) · over-refusal "
              f"(mean). Baseline refusal / over-refusal: {bases}. Full tables (min, worst category, task, "
-             "capability, memory): [bench/results/lab.md](bench/results/lab.md).", "",
-             "| config | setting | " + " | ".join(tasks) + " | task score (min over tasks) |",
-             "|---|---|" + "---|" * len(tasks) + "---|"]
-    keys = []
+             "capability, memory): [bench/results/lab.md](bench/results/lab.md).", ""]
+    rows, keys = [], []
     for entry in summary:
         if (entry["config"], entry["setting"]) not in keys:
             keys.append((entry["config"], entry["setting"]))
@@ -321,7 +313,8 @@ def readme_table(summary: list[dict], baselines: dict, meta: dict) -> str:
             cells.append(f"{fmt(entry['retained'])} · {entry['over_refusal_rate']['mean']:.2f}")
             if entry["task_score"] is not None:
                 task_scores.append(entry["task_score"]["mean"])
-        lines.append(f"| {config} | {setting} | " + " | ".join(cells) + f" | {min(task_scores, default=float('nan')):.2f} |")
+        rows.append([config, setting, *cells, f"{min(task_scores, default=float('nan')):.2f}"])
+    lines += markdown_table(["config", "setting", *tasks, "task score (min over tasks)"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -336,7 +329,7 @@ def update_readme(body: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--configs", default=",".join(BENCH_CONFIGS))
     parser.add_argument("--settings", default=",".join(SETTINGS))
@@ -352,11 +345,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the runs already in <out>/rows.jsonl (same overrides) instead of running them again")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
     tasks, configs, settings = args.tasks.split(","), args.configs.split(","), args.settings.split(",")
     seeds, overrides = args.seeds, args.override
@@ -384,19 +373,15 @@ def main() -> None:
         futures = [pool.submit(run_fresh, job, args.out, overrides, context) for job in jobs]
         rows = done + [record(future.result(), args.out, overrides) for future in as_completed(futures)]
     summary = aggregate(rows)
-    command = "python bench/lab_bench.py " + " ".join(sys.argv[1:])
-    meta = {"command": command.strip(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+    meta = {"command": command_line("lab_bench.py"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "seconds": time.perf_counter() - started, "jobs": args.jobs, "seeds": seeds, "tasks": tasks,
             "overrides": overrides, "runs": len(rows), "reused": len(done)}
-    results = args.results
-    results.mkdir(parents=True, exist_ok=True)
-    name = "lab_quick" if args.quick else "lab"
-    (results / f"{name}.json").write_text(json.dumps({"meta": meta, "baselines": {t: b["metrics"] for t, b in baselines.items()},
-                                                      "summary": summary, "runs": rows}, indent=2))
     table = markdown(summary, baselines, meta)
-    (results / f"{name}.md").write_text(table)
+    write_results("lab_quick" if args.quick else "lab", {
+        "meta": meta, "baselines": {t: b["metrics"] for t, b in baselines.items()}, "summary": summary, "runs": rows,
+    }, table, args.results)
     if not args.quick:
-        plots(summary, results)
+        plots(summary, args.results)
         if not args.no_readme:
             update_readme(readme_table(summary, baselines, meta))
     print(table)

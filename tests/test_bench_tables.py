@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_lab_bench():
+    if str(ROOT / "bench") not in sys.path:  # where a script finds bench/common.py
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("lab_bench", ROOT / "bench" / "lab_bench.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
