@@ -1,6 +1,7 @@
 """The parts a training run is built from, each made from the recipe: the model (LoRA,
-gradient checkpointing, FSDP's sharded loading, a frozen reference copy), the number of
-steps, the optimizer and its learning-rate schedule. `Trainer.setup` puts them together.
+gradient checkpointing, FSDP's sharded loading, a frozen reference copy), the methods'
+set-up, the number of steps, the optimizer and its learning-rate schedule. `Trainer.setup`
+puts them together.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import random
 import torch
 
 from safetune.distributed import Distributed
+from safetune.errors import SafetuneError
+from safetune.methods import MethodContext, SafetyMethod
 from safetune.modeling import add_lora, build_empty_model, load_model
 from safetune.recipe import Recipe
 
@@ -90,6 +93,21 @@ def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
     makes torch compile a dynamic-shape graph once instead of one graph per width.
     """
     return torch.compile(model)
+
+
+# --------------------------------------------------------------------------- methods, steps, optimizer
+def set_up_methods(methods: list[SafetyMethod], ctx: MethodContext, model) -> list[torch.nn.Parameter]:
+    """Each method's setup and the parameters it freezes; returns the parameters left to train."""
+    for method in methods:
+        method.setup(ctx)
+        frozen = method.frozen_parameter_names(ctx)  # applied at once: later methods see only trainable ones
+        for name, parameter in model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise SafetuneError("method: every parameter is frozen; nothing left to train")
+    return trainable
 
 
 # --------------------------------------------------------------------------- steps and optimizer

@@ -46,7 +46,7 @@ from safetune.rundir import FINAL_DIR, METRICS_LOG, RESOLVED_RECIPE, prepare_run
 from safetune.train_eval import ensure_baseline, final_report, mean_loss
 from safetune.train_guards import Guards, StopRequested, install_sigterm
 from safetune.train_setup import (build_model, build_optimizer, compile_for_training, count_steps, lr_multiplier,
-                                  seed_everything)
+                                  seed_everything, set_up_methods)
 from safetune.train_state import StateKeeper, TrainState
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -165,15 +165,7 @@ class Trainer:
             seed=recipe.train.seed, reference_model=reference, log=self.say,
             is_main=self.dist.is_main, broadcast_tensors=self.dist.broadcast_tensors,
         )
-        for method in self.methods:
-            method.setup(self.ctx)
-            frozen = method.frozen_parameter_names(self.ctx)  # applied at once: later methods see only trainable ones
-            for name, parameter in self.model.named_parameters():
-                if name in frozen:
-                    parameter.requires_grad_(False)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.trainable:
-            raise SafetuneError("method: every parameter is frozen; nothing left to train")
+        self.trainable = set_up_methods(self.methods, self.ctx, self.model)
 
     def setup_optimizer(self) -> None:
         """Optimizer, LR schedule, the DDP/FSDP (and compiled) training model, mixed precision,
@@ -365,20 +357,9 @@ class Trainer:
     def finish(self) -> RunResult:
         recipe, step, wall_time = self.recipe, self.state.step, self.elapsed()
         final_dir = self.run_dir / FINAL_DIR
-        evaluates = recipe.eval.suites and recipe.eval.at_end
         # (FSDP: the held-out loss and the methods' sums over shards need every rank)
         eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device) if self.dist.mirrored() else None
         methods = {m.name: m.summary() for m in self.methods} if self.dist.mirrored() else {}
-        if not self.dist.is_main:
-            # the final evaluation needs every rank and rank 0 alone writes: under DDP each rank
-            # answers its share of the prompts (`sharded_across`), under FSDP every model pass
-            # needs every rank's shards (which the checkpoint first sends to rank 0)
-            self.keeper.save(final_dir, with_state=False)
-            if evaluates:
-                with sharded_across(self.dist):
-                    final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, {"steps": step,
-                                 "wall_time_s": wall_time, "methods": {}}, show_progress=False, write=False)
-            return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time)
         if eval_loss is not None:
             self.say(f"held-out task loss: {eval_loss:.4f}")
         try:
@@ -392,14 +373,19 @@ class Trainer:
                    "dropped_rows": self.data.dropped, "truncated_rows": self.data.truncated,
                    "data_audit": self.audit, "methods": methods,
                    "monitor": self.keeper.monitor.state_dict() if self.keeper.monitor else None}
-        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         report = None
-        if evaluates:
+        if recipe.eval.suites and recipe.eval.at_end:
+            # the final evaluation needs every rank and rank 0 alone writes: under DDP each rank
+            # answers its share of the prompts (`sharded_across`), under FSDP every model pass
+            # needs every rank's shards (which the checkpoint first sent to rank 0)
             with sharded_across(self.dist):
                 report = final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, summary,
-                                      self.show_progress)
+                                      self.show_progress, write=self.dist.is_main)
         self.say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
-        return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time, report=report)
+        return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time,
+                         report=report if self.dist.is_main else None)
 
     def close(self) -> None:
         """Leave the process group. The DDP wrapper goes first: its reducer holds the process

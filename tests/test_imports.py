@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "safetune"
 # The data flows down: command -> recipe -> built parts -> trainer -> checkpoint -> evaluation -> report.
 LAYERS: list[tuple[str, list[str]]] = [
     ("entry points", ["safetune.__main__", "safetune.cli"]),
-    ("commands that run training", ["safetune.lab.build", "safetune.real.build"]),
+    ("commands that run training", ["safetune.lab.build",  # builds the lab model
+                                    "safetune.real", "safetune.real.*"]),  # aligns a real model, then trains
     ("the training loop", ["safetune.training"]),
     ("what the loop is made of", ["safetune.dry_run", "safetune.train_guards", "safetune.train_state",
                                   "safetune.train_setup", "safetune.train_eval", "safetune.monitor",
@@ -26,8 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("evaluation", ["safetune.evaluation", "safetune.evaluation.*"]),
     ("model, data, loss, processes", ["safetune.modeling", "safetune.gguf", "safetune.data", "safetune.loss",
                                       "safetune.distributed",
-                                      "safetune.lab", "safetune.lab.*",  # the lab's generator, tokenizer, classifier
-                                      "safetune.real", "safetune.real.*"]),
+                                      "safetune.lab", "safetune.lab.*"]),  # the lab's generator, tokenizer, classifier
     ("the recipe", ["safetune.recipe"]),
     ("small utilities", ["safetune", "safetune.errors", "safetune.files", "safetune.envinfo", "safetune.progress",
                          "safetune.metrics", "safetune.checkpoint", "safetune.rundir", "safetune.model_layers"]),
