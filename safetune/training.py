@@ -92,6 +92,7 @@ class Trainer:
 
     @property
     def state(self) -> TrainState:
+        """The loop's counters: the keeper's, since a resume or a rollback replaces them."""
         return self.keeper.state
 
     def elapsed(self) -> float:
