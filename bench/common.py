@@ -155,6 +155,50 @@ def paired_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return [x / y for x, y in zip(a, b)]
 
 
+# --------------------------------------------------------------------------- runs in fresh processes
+def fresh_process_context(preload: Sequence[str], threads: int = 1):
+    """Where run processes come from: a forkserver that imported the heavy modules once
+    (each run forks from it in milliseconds), else plain spawn (Windows). `threads` is
+    every run's torch thread count (one: runs side by side never oversubscribe)."""
+    import multiprocessing
+
+    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                       "TOKENIZERS_PARALLELISM": "false"})
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    return context
+
+
+def run_fresh(context, function: Callable, *args):
+    """function(*args) in its own new process (no run inherits another's state or peak memory).
+    Raises what the process raised, or a BrokenProcessPool when it died (e.g. out of memory)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as one:
+        return one.submit(function, *args).result()
+
+
+# --------------------------------------------------------------------------- statistics
+def stats(values: Sequence[float | None]) -> dict | None:
+    """mean, sample std (0 for one value), min and n of the values that are not None."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "n": len(values)}
+
+
+def fmt(stat: dict | None, digits: int = 2) -> str:
+    """'mean ± std' over several seeds, the value alone for one, '–' for none."""
+    if stat is None:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+
+
 # --------------------------------------------------------------------------- results
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str = "") -> list[str]:
     """A Markdown table's lines; `align` has one letter a column, l (default) or r."""

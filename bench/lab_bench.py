@@ -21,7 +21,6 @@ README's Results section.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -30,11 +29,11 @@ import statistics
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from common import (RESULTS, ROOT, command_line, markdown_table, new_parser, quiet_transformers, set_threads,
-                    write_results)
+from common import (RESULTS, ROOT, command_line, fmt, fresh_process_context, markdown_table, new_parser,
+                    quiet_transformers, run_fresh, set_threads, stats, write_results)
 
 TASKS = ["sentiment", "extract", "count"]
 CONFIGS = ["standard", "mix", "safegrad", "safegrad-k4", "safegrad-k24", "safegrad-k24b48", "safegrad-update", "freeze", "ewc", "sap",
@@ -129,21 +128,13 @@ def ensure_baselines(tasks: list[str], out: Path) -> dict:
 
 
 def run_context():
-    """Where run processes come from: a forkserver that imported the heavy modules once
-    (each run forks from it in milliseconds), else plain spawn (Windows)."""
-    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "transformers", "safetune.training", "safetune.evaluation.runner"])
-    return context
+    return fresh_process_context(["torch", "transformers", "safetune.training", "safetune.evaluation.runner"])
 
 
-def run_fresh(job: tuple, out: Path, overrides: list[str], context) -> dict:
-    """One run in its own new process (no run inherits another's state or peak memory)."""
+def run_job(job: tuple, out: Path, overrides: list[str], context) -> dict:
+    """One run in its own new process; a process that died is the run's error row."""
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as one:
-            return one.submit(run_in_child, job, out, overrides).result()
+        return run_fresh(context, run_in_child, job, out, overrides)
     except Exception as err:  # noqa: BLE001 -- the process died (e.g. out of memory): the bench goes on
         task, config, setting, seed = job
         return {"task": task, "config": config, "setting": setting, "seed": seed, "error": repr(err)}
@@ -161,14 +152,6 @@ def record(row: dict, out: Path, overrides: list[str]) -> dict:
           f"{row['harmful_refusal_rate']:.3f} over {row['over_refusal_rate']:.3f} task {row['task_score']:.3f} "
           f"({row['wall_time_s']:.0f}s)", flush=True)
     return row
-
-
-def stats(values: list[float]) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "n": len(values)}
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -197,12 +180,6 @@ def aggregate(rows: list[dict]) -> list[dict]:
             entry["step_time_ratio"] = entry["step_time_s"]["mean"] / standard["step_time_s"]["mean"]
             entry["memory_ratio"] = entry["peak_rss_mb"]["mean"] / standard["peak_rss_mb"]["mean"]
     return summary
-
-
-def fmt(stat: dict | None, digits: int = 2) -> str:
-    if stat is None:
-        return "–"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
 def segments(meta: dict) -> str:
@@ -370,7 +347,7 @@ def main() -> None:
     print(f"{len(jobs)} runs, {args.jobs} at a time ({len(done)} reused)", flush=True)
     context = run_context()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_fresh, job, args.out, overrides, context) for job in jobs]
+        futures = [pool.submit(run_job, job, args.out, overrides, context) for job in jobs]
         rows = done + [record(future.result(), args.out, overrides) for future in as_completed(futures)]
     summary = aggregate(rows)
     meta = {"command": command_line("lab_bench.py"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",

@@ -43,14 +43,23 @@ def lab_model_dir() -> Path:
     return Path(os.environ.get("SAFETUNE_LAB_MODEL", default)).expanduser()
 
 
+def real_model_dir() -> Path:
+    """Where `safetune real build` puts the aligned SmolLM2 (override with SAFETUNE_REAL_MODEL)."""
+    default = Path.home() / ".cache" / "safetune" / "smollm2-135m-aligned"
+    return Path(os.environ.get("SAFETUNE_REAL_MODEL") or default).expanduser()
+
+
+# model.path names for the models safetune builds itself: name -> (folder, the command that builds it)
+BUILT_MODELS = {"lab": (lab_model_dir, "safetune lab build"), "real": (real_model_dir, "safetune real build")}
+
+
 def resolve_model_path(path: str) -> str:
-    """'lab' -> the lab model directory; a local path stays a path; else a hub id."""
-    if path == "lab":
-        where = lab_model_dir()
+    """'lab' / 'real' -> the folder of the model safetune built; a local path stays a path; else a hub id."""
+    if path in BUILT_MODELS:
+        folder, command = BUILT_MODELS[path]
+        where = folder()
         if not (where / "config.json").is_file():
-            raise UsageError(
-                f"model.path: the lab model is not built yet ({where}); run `safetune lab build`"
-            )
+            raise UsageError(f"model.path: the {path} model is not built yet ({where}); run `{command}`")
         return str(where)
     return path
 
@@ -201,15 +210,6 @@ def build_empty_model(config: ModelConfig, dtype: torch.dtype, generation_config
     if weight_conversions is not None:
         model._weight_conversions = weight_conversions
     return model.eval()  # as from_pretrained returns it
-
-
-def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The name prefix and ModuleList of the transformer blocks (`model.layers` in Llama)."""
-    count = getattr(model.config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return name, module
-    raise SafetuneError("cannot find the decoder layers of this model (a ModuleList of num_hidden_layers blocks)")
 
 
 def add_lora(model: PreTrainedModel, config: ModelConfig):

@@ -77,7 +77,7 @@ def test_token_logprobs_equal_the_full_computation(family):
 def test_the_last_mlp_runs_on_the_trained_positions_only(family):
     """The last decoder layer's MLP output at untrained positions never reaches the head: it
     runs on the N rows the head reads (the loss and gradients test above covers exactness)."""
-    from safetune.modeling import decoder_layers
+    from safetune.model_layers import decoder_layers
 
     model, batch = family
     _, blocks = decoder_layers(model)

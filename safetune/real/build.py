@@ -32,7 +32,8 @@ import torch
 
 from safetune.data import read_records
 from safetune.errors import UsageError
-from safetune.files import cache_root, write_atomic
+from safetune.files import write_atomic
+from safetune.modeling import real_model_dir
 from safetune.real.splits import ADVBENCH, REAL_DATA, XSTEST, split_path
 from safetune.recipe import validate_tree
 
@@ -51,18 +52,13 @@ LOOKALIKE_WORDS = re.compile(
     r"\b(kill|shoot|attack|destroy|execut|bomb|weapon|gun|drug|steal|hack|poison|murder|die|dead|blow|fight|"
     r"war|crime|violen|knife|threat|danger|explo|cyber|fraud|scam|virus|terror|abuse|illegal|harm)\w*", re.I)
 LORA = {"r": 32, "alpha": 64, "target_modules": "all-linear"}
-TRAIN_SETTINGS = {"max_steps": 150, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
+TRAIN_SETTINGS = {"max_steps": 100, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
                   "lr_schedule": "cosine", "log_every": 10}
-MAX_SEQ_LEN = 256
+MAX_SEQ_LEN = 192
 EVAL = {"max_new_tokens": 32, "batch_size": 32}
 
 
 # --------------------------------------------------------------------------- where things are
-def real_model_dir() -> Path:
-    """Where the aligned model goes (override with SAFETUNE_REAL_MODEL)."""
-    return Path(os.environ.get("SAFETUNE_REAL_MODEL") or cache_root() / "smollm2-135m-aligned").expanduser()
-
-
 def base_model_dir(aligned: Path | None = None) -> Path:
     """The converted, unaligned SmolLM2, beside the aligned model."""
     aligned = aligned or real_model_dir()

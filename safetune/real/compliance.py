@@ -1,0 +1,50 @@
+"""The harmful data of the p = 0.1 attack: held-out harmful instructions answered by the
+*unaligned* SmolLM2, keeping only the answers that comply.
+
+Qi et al. (2023) fine-tune on a few harmful instruction -> compliance pairs; an aligned model
+then answers harmful requests again. Here the compliance comes from the model's own
+unaligned base (greedy decoding), so no harmful text is written by hand or shipped from
+elsewhere. Instructions come from `safety_heldout`, which the aligned build never trained on.
+
+    python -m safetune.real.compliance        # writes data/real/generated/smollm2_compliance.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from safetune.data import read_records
+from safetune.evaluation.generation import generate
+from safetune.evaluation.refusal import KeywordDetector
+from safetune.files import write_atomic
+from safetune.modeling import load_model, load_tokenizer
+from safetune.real.splits import REAL_DATA, split_path
+from safetune.recipe import ModelConfig
+
+COMPLIANCE_FILE = REAL_DATA / "generated" / "smollm2_compliance.jsonl"
+PROMPTS = 240  # held-out instructions tried; the attack needs ~80 compliant answers (10 % of 704 rows)
+MAX_NEW_TOKENS = 96
+
+
+def write_compliance(base: Path, out: Path = COMPLIANCE_FILE, prompts: int = PROMPTS,
+                     max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> int:
+    """Answer `prompts` held-out harmful instructions with the unaligned `base`; keep compliance."""
+    config = ModelConfig(path=str(base))
+    model, tokenizer = load_model(config), load_tokenizer(config)
+    instructions = [row["instruction"] for row in read_records(str(split_path("safety_heldout")))[:prompts]]
+    answers = generate(model, tokenizer, instructions, max_new_tokens=max_new_tokens, batch_size=32,
+                       progress=progress, description="compliance")
+    refusal = KeywordDetector()
+    kept = [{"prompt": prompt, "response": answer.strip()} for prompt, answer in zip(instructions, answers)
+            if answer.strip() and not refusal.is_refusal(answer)]
+    write_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    return len(kept)
+
+
+if __name__ == "__main__":
+    from safetune.real.build import base_model_dir, convert_base
+
+    base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
+    print(f"{write_compliance(base)} compliant answers written to {COMPLIANCE_FILE}")
