@@ -32,23 +32,54 @@ class Section(BaseModel):
 class LoraSettings(Section):
     """Train low-rank adapters (peft) instead of all weights; methods then act on the adapters."""
 
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0.0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    r: int = Field(
+        8, ge=1,
+        description="Rank of each adapter's low-rank matrices: more rank, more trainable parameters.",
+    )
+    alpha: float = Field(16.0, gt=0.0, description="LoRA scaling: each adapter's output is multiplied by alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input during training (0: none).")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear",
+        description="`all-linear` (every linear layer except the output head) or a list of module names such as "
+                    "[q_proj, v_proj].",
+    )
 
 
 class ModelConfig(Section):
-    path: str = Field(description="local directory, hub id, or 'lab' for the lab model")
-    lora: LoraSettings | None = Field(None, description="LoRA adapters via peft; null = full fine-tuning")
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    path: str = Field(
+        description="The model to fine-tune: a local Hugging Face folder, a hub id (downloaded, or read from the "
+                    "local hub cache), or `lab` for the lab's tiny aligned model (`safetune lab build`).",
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="Train LoRA adapters (peft) instead of all weights: the safety methods then act on the "
+                    "adapters only, checkpoints are PEFT folders, and `safetune eval` merges them into the base "
+                    "model. null: full fine-tuning.",
+    )
+    revision: str | None = Field(
+        None,
+        description="Hub revision (branch, tag or commit) of a hub model; null: its default branch.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="The dtype the weights are loaded in; `auto` keeps the checkpoint's. Keep `float32` with "
+                    "train.precision bf16/fp16 (mixed precision over fp32 weights); `bfloat16` with precision "
+                    "fp32 trains in pure bf16 (half the memory, less exact).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model repository (some architectures need it). Off unless "
+                    "you say so; when on, a warning names the model.",
+    )
     allow_pickle: bool = Field(
-        False, description="also load .bin/.pt/.pth weights (pickle: can run code when loaded); default safetensors only"
+        False,
+        description="Also load .bin/.pt/.pth weight files. They are pickle files, which can run code when loaded; "
+                    "by default only safetensors are read.",
     )
     chat_template: str | None = Field(
-        None, description="Jinja chat template overriding the tokenizer's own"
+        None,
+        description="A Jinja chat template replacing the tokenizer's own. null: the tokenizer's template, or "
+                    "safetune's `<|role|>` turns when it has none.",
     )
 
 
@@ -56,13 +87,30 @@ class ModelConfig(Section):
 class SourceConfig(Section):
     """A data source: a local JSONL/JSON/CSV/Parquet file or a `datasets` hub id."""
 
-    path: str
-    split: str = "train"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    messages_field: str | None = Field(None, description="use a chat `messages` list instead")
-    category_field: str | None = "category"
-    limit: int | None = Field(None, ge=1)
+    path: str = Field(
+        description="A local JSONL, JSON, CSV or Parquet file (a relative path is looked up in the working "
+                    "directory, then in the safetune repository) or a `datasets` hub id.",
+    )
+    split: str = Field(
+        "train",
+        description="The split to read: of a hub dataset, or of a JSON file holding {split: [rows]}.",
+    )
+    prompt_field: str = Field("prompt", description="The column holding the user's prompt.")
+    response_field: str = Field(
+        "response",
+        description="The column holding the assistant's answer, the tokens the loss is computed on.",
+    )
+    messages_field: str | None = Field(
+        None,
+        description="The column holding a whole chat (a list of {role, content} turns), used instead of "
+                    "prompt_field and response_field; the loss covers the assistant turns.",
+    )
+    category_field: str | None = Field(
+        "category",
+        description="The column naming each row's harm category (safety examples are paired by it, e.g. for SAP's "
+                    "preference pairs); null, or a row without it: no category.",
+    )
+    limit: int | None = Field(None, ge=1, description="Read only the first N rows; null: all of them.")
 
 
 class AuditConfig(Section):
@@ -70,17 +118,34 @@ class AuditConfig(Section):
 
     checks: list[Literal["refusal_conflict", "judge"]] = Field(
         default_factory=lambda: ["refusal_conflict"],
-        description="refusal_conflict: the aligned model refuses the prompt but the row's response complies; "
-        "judge: a safety classifier labels (prompt, response) unsafe",
+        description="What flags a row: `refusal_conflict` (the aligned model refuses the prompt but the row's "
+                    "response complies) and/or `judge` (a safety classifier labels the prompt and response "
+                    "unsafe).",
     )
-    judge: str | None = Field(None, description="sequence-classification model path, hub id, or 'lab'")
-    judge_unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe", "harmful"])
-    action: Literal["drop", "report"] = "drop"
+    judge: str | None = Field(
+        None,
+        description="The `judge` check's sequence-classification model: a local folder, a hub id, or `lab` (the "
+                    "lab's safety classifier).",
+    )
+    judge_unsafe_labels: list[str] = Field(
+        default_factory=lambda: ["unsafe", "harmful"],
+        description="The judge's labels that flag a row.",
+    )
+    action: Literal["drop", "report"] = Field(
+        "drop",
+        description="`drop`: remove flagged rows before batches are formed; `report`: keep them and only list "
+                    "them. Either way they are listed in <run>/data_audit.json.",
+    )
     max_flagged: float = Field(
-        0.5, gt=0.0, le=1.0, description="more flagged rows than this share is an error (the checks cannot tell)"
+        0.5, gt=0.0, le=1.0,
+        description="If more than this share of the rows is flagged, stop with an error: the checks cannot tell "
+                    "this data apart (e.g. the model refuses the task's own prompts).",
     )
-    max_new_tokens: int = Field(32, ge=1, description="refusal_conflict: tokens generated per prompt")
-    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(
+        32, ge=1,
+        description="refusal_conflict: tokens the aligned model generates per prompt.",
+    )
+    batch_size: int = Field(32, ge=1, description="Rows per generation or classifier batch.")
 
     @model_validator(mode="after")
     def _judge_needed(self) -> "AuditConfig":
@@ -92,30 +157,70 @@ class AuditConfig(Section):
 
 
 class DataConfig(Section):
-    train: SourceConfig
-    eval: SourceConfig | None = None
-    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    safety: SourceConfig | None = Field(None, description="prompt -> safe response, used by methods")
+    train: SourceConfig = Field(description="The task data to fine-tune on: a source (path and columns).")
+    eval: SourceConfig | None = Field(
+        None,
+        description="Held-out task data; its loss is reported when training ends. null: none (or use "
+                    "eval_fraction).",
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Hold out this share of data.train as the held-out set instead of giving data.eval; 0: none.",
+    )
+    safety: SourceConfig | None = Field(
+        None,
+        description="Harmful prompts with safe responses (refusals). Used by mix, safegrad, ewc, sap, "
+                    "token_weighting (alpha > 0) and freeze's layer detector.",
+    )
     borderline: SourceConfig | None = Field(
-        None, description="benign prompts that look sensitive -> normal answers (mix replays them)"
+        None,
+        description="Benign prompts that look sensitive, with normal answers. mix replays them "
+                    "(borderline_fraction); safegrad, ewc and token_weighting protect them with safety_data: "
+                    "refusals_and_borderline, so keeping refusals does not teach over-refusal.",
     )
-    harmful: SourceConfig | None = Field(None, description="prompt -> harmful compliance")
-    harmful_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    max_seq_len: int = Field(256, ge=8)
+    harmful: SourceConfig | None = Field(
+        None,
+        description="Harmful prompts with harmful compliances: mixed into training by harmful_ratio (an attack "
+                    "simulation), the rejected side of SAP's pairs, and token_weighting's NPO data.",
+    )
+    harmful_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of the training set made of data.harmful rows (0.1: one row in ten), to simulate "
+                    "training data that cannot be trusted; needs data.harmful.",
+    )
+    max_seq_len: int = Field(
+        256, ge=8,
+        description="Longest example, in tokens (prompt, response and chat markup); longer ones are handled by "
+                    "`truncation`. With packing, the length of a packed sequence.",
+    )
     truncation: Literal["truncate_prompt", "drop", "error"] = Field(
-        "truncate_prompt", description="an example longer than max_seq_len: keep the response and cut the "
-        "prompt from the left (the response's end only if it alone needs over 3/4), drop it, or stop with an error",
+        "truncate_prompt",
+        description="An example longer than max_seq_len: `truncate_prompt` keeps the response and cuts the prompt "
+                    "from the left (the response's end only if it alone needs over 3/4 of the length), `drop` "
+                    "leaves it out, `error` stops. Every case is reported.",
     )
-    shuffle: bool = True
+    shuffle: bool = Field(
+        True,
+        description="Shuffle the training rows every epoch (seeded by train.seed) and before an eval_fraction "
+                    "split; false keeps the file order.",
+    )
     packing: bool = Field(
-        False, description="pack several short examples into one sequence of up to max_seq_len tokens "
-        "(attention stays within each example; train.batch_size then counts packed sequences)",
+        False,
+        description="Pack several short examples into one sequence of up to max_seq_len tokens; attention stays "
+                    "within each example and train.batch_size then counts packed sequences. Refused with "
+                    "token_weighting, and for model code that ignores the position resets.",
     )
     split_by_length: bool = Field(
-        True, description="run a batch of short and long examples (task rows + mix's replay) as two passes, "
-        "each padded to its own longest: the same gradient with less padding",
+        True,
+        description="Run a batch that holds short and long examples (task rows and mix's replayed answers) as two "
+                    "passes, each padded to its own longest, when that pads at least 25% fewer tokens: the same "
+                    "gradient with less padding. Off under FSDP.",
     )
-    audit: AuditConfig | None = Field(None, description="score the training rows before training (audit.py)")
+    audit: AuditConfig | None = Field(
+        None,
+        description="Score every training row before the first step and drop (or report) harmful-to-compliance "
+                    "rows; see the data audit in the methods guide. null: no audit.",
+    )
 
     @model_validator(mode="after")
     def _harmful_source_needed(self) -> "DataConfig":
@@ -130,16 +235,22 @@ class DataConfig(Section):
 class StandardMethod(Section):
     """Plain fine-tuning: no protection (the baseline that erodes safety)."""
 
-    name: Literal["standard"]
+    name: Literal["standard"] = Field(description="`standard`: plain fine-tuning, no protection.")
 
 
 class MixMethod(Section):
     """Replay safety examples inside every task batch (the data-mixing baseline)."""
 
-    name: Literal["mix"]
-    safety_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each batch")
+    name: Literal["mix"] = Field(description="`mix`: replay safety examples inside every task batch.")
+    safety_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0,
+        description="Share of each batch made of data.safety refusals; the batch's task examples stay as many as "
+                    "without mix, the replayed rows are added.",
+    )
     borderline_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="share of each batch from data.borderline (benign, normal answers)"
+        0.0, ge=0.0, lt=1.0,
+        description="Share of each batch made of data.borderline rows (benign look-alike prompts with normal "
+                    "answers), so the replayed refusals do not teach over-refusal; needs data.borderline.",
     )
 
     @model_validator(mode="after")
@@ -153,43 +264,89 @@ class MixMethod(Section):
 # answers (so keeping refusals does not teach refusing benign look-alikes). Shared by
 # safegrad, token_weighting and ewc (its Fisher): L_s = L(refusals) + borderline_weight · L(borderline).
 SafetyData = Literal["refusals", "refusals_and_borderline"]
-SAFETY_DATA_FIELD = Field("refusals", description="refusals only, or also data.borderline's normal answers")
-BORDERLINE_WEIGHT_FIELD = Field(1.0, gt=0.0, description="L_s = L_refusals + w · L_borderline")
+SAFETY_DATA_FIELD = Field(
+    "refusals",
+    description="What the method's safety objective protects: `refusals` (data.safety) or "
+                "`refusals_and_borderline` (also data.borderline's normal answers to benign look-alike prompts, so "
+                "keeping refusals does not teach over-refusal; needs data.borderline).",
+)
+BORDERLINE_WEIGHT_FIELD = Field(
+    1.0, gt=0.0,
+    description="With refusals_and_borderline: the borderline term's weight w, L_s = L(refusals) + w * L(borderline).",
+)
 
 
 class SafeGradMethod(Section):
     """Gradient surgery: drop the part of the task gradient that conflicts with safety."""
 
-    name: Literal["safegrad"]
+    name: Literal["safegrad"] = Field(description="`safegrad`: gradient surgery against the safety gradient.")
     space: Literal["gradient", "update"] = Field(
-        "gradient", description="project the gradient (before AdamW) or the applied parameter update (after it)"
+        "gradient",
+        description="`gradient`: project the task gradient before the optimizer (the published rule); `update`: "
+                    "project the change AdamW actually applied (needs a copy of the trainable weights per step).",
     )
-    projection: Literal["global", "per_tensor", "per_layer"] = "global"
-    margin: float = Field(0.0, ge=0.0, lt=1.0, description="also project until cos(step, -s) >= margin")
-    safety_average: float = Field(0.0, ge=0.0, lt=1.0, description="EMA factor for s across recomputations")
-    safety_loss: Literal["refusal_ce", "kl_to_base"] = "refusal_ce"
-    safety_every: int = Field(1, ge=1, description="recompute the safety gradient every k steps")
-    safety_batch_size: int = Field(8, ge=1)
+    projection: Literal["global", "per_tensor", "per_layer"] = Field(
+        "global",
+        description="How the conflict is measured: `global` (one dot product over all trainable parameters), "
+                    "`per_tensor`, or `per_layer` (per decoder layer; everything else is one more group).",
+    )
+    margin: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Project until the step agrees with safety by at least this cosine: cos(step, -s) >= margin, "
+                    "so every step lowers the safety loss a little. 0: only remove conflicts.",
+    )
+    safety_average: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Average the safety gradient over recomputations, s = beta*s + (1-beta)*s_new; 0: always the "
+                    "fresh one.",
+    )
+    safety_loss: Literal["refusal_ce", "kl_to_base"] = Field(
+        "refusal_ce",
+        description="The safety loss s is the gradient of: `refusal_ce` (cross-entropy of the safe responses) or "
+                    "`kl_to_base` (KL from the aligned model on the safety examples; keeps a frozen copy of the "
+                    "model).",
+    )
+    safety_every: int = Field(
+        1, ge=1,
+        description="Recompute the safety gradient every k steps and reuse the cached one in between (amortised: "
+                    "cheaper, less exact).",
+    )
+    safety_batch_size: int = Field(
+        8, ge=1,
+        description="Safety examples behind each safety gradient (as many borderline examples again with "
+                    "safety_data: refusals_and_borderline).",
+    )
     safety_micro_batch: int = Field(
-        16, ge=1, description="rows per safety forward pass; a larger safety batch runs in length-sorted micro-batches"
+        16, ge=1,
+        description="Rows per safety forward pass: a larger safety batch runs as length-sorted micro-batches of "
+                    "this size (same gradient, less padding).",
     )
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
     safety_tokens: int | None = Field(
-        None, ge=1, description="safety loss on the first k response tokens only (the refuse-or-answer decision)"
+        None, ge=1,
+        description="Compute the safety loss on the first k response tokens only, where refusing or answering is "
+                    "decided; null: the whole response.",
     )
     constraints: Literal["joint", "separate"] = Field(
-        "joint", description="one constraint on L(refusals) + w·L(borderline), or one on each (separate)"
+        "joint",
+        description="`joint`: one constraint on L(refusals) + w*L(borderline); `separate`: neither loss may rise "
+                    "(an exact projection onto both constraints; needs safety_data: refusals_and_borderline).",
     )
     borderline_margin: float | None = Field(
-        None, ge=0.0, lt=1.0, description="separate constraints: the borderline constraint's margin (default: margin)"
+        None, ge=0.0, lt=1.0,
+        description="With constraints: separate, the borderline constraint's own margin (a larger one pushes the "
+                    "benign answers back harder); null: the same as margin.",
     )
     restore: float = Field(
-        0.0, ge=0.0, description="at each fresh safety gradient s, also step down the safety loss: .grad += restore·s"
+        0.0, ge=0.0,
+        description="At each fresh safety gradient s, also step down the safety loss: .grad += restore * s. Helps "
+                    "amortised runs (safety_every > 1); 0: off.",
     )
     stale_projection: bool = Field(
-        True, description="safety_every > 1: also project the steps between refreshes against the cached s "
-                          "(false: only the step that computed s is projected)"
+        True,
+        description="With safety_every > 1: also project the steps between refreshes against the cached s. false: "
+                    "only the step that computed s is projected, which saves a pass over s per step.",
     )
 
     @model_validator(mode="after")
@@ -204,15 +361,34 @@ class SafeGradMethod(Section):
 class FreezeMethod(Section):
     """Freeze safety-critical decoder layers (given, or found automatically)."""
 
-    name: Literal["freeze"]
-    layers: Union[Literal["auto"], list[Annotated[int, Field(ge=0)]]] = "auto"
-    detector: Literal["fisher", "ablation"] = "fisher"
-    top_k: int | None = Field(None, ge=1, description="freeze the k best-scoring layers (default 1)")
-    threshold: float | None = Field(None, gt=0.0, le=1.0, description="or: score >= threshold x best")
-    samples: int = Field(64, ge=1, description="safety examples used by the detector")
-    batch_size: int = Field(8, ge=1)
-    ablation_scale: float = Field(0.0, ge=0.0, description="0 = skip the layer; 1.1 = Li et al.")
-    max_new_tokens: int = Field(24, ge=1, description="ablation: tokens generated per probe")
+    name: Literal["freeze"] = Field(description="`freeze`: keep safety-critical decoder layers bit-identical.")
+    layers: Union[Literal["auto"], list[Annotated[int, Field(ge=0)]]] = Field(
+        "auto",
+        description="Decoder layers to freeze (indices from 0), or `auto`: a detector scores every layer before "
+                    "training and the best-scoring ones are frozen (`safetune layers RECIPE` prints the table).",
+    )
+    detector: Literal["fisher", "ablation"] = Field(
+        "fisher",
+        description="With layers: auto, how layers are scored: `fisher` (Fisher mass of the refusal loss per "
+                    "parameter) or `ablation` (how much refusal changes when the layer is scaled by "
+                    "ablation_scale).",
+    )
+    top_k: int | None = Field(
+        None, ge=1,
+        description="Freeze the k best-scoring layers; default 1 when threshold is not given.",
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Instead of top_k: freeze every layer scoring at least this share of the best layer's score.",
+    )
+    samples: int = Field(64, ge=1, description="Safety examples the detector uses.")
+    batch_size: int = Field(8, ge=1, description="Detector batch size.")
+    ablation_scale: float = Field(
+        0.0, ge=0.0,
+        description="ablation detector: factor the layer's attention and MLP matrices are scaled by (0 makes the "
+                    "layer the identity; 1.1 is the Safety Layers paper's perturbation).",
+    )
+    max_new_tokens: int = Field(24, ge=1, description="ablation detector: tokens generated per probe prompt.")
 
     @model_validator(mode="after")
     def _one_rule(self) -> "FreezeMethod":
@@ -226,10 +402,18 @@ class FreezeMethod(Section):
 class EWCMethod(Section):
     """Elastic weight consolidation toward the aligned weights, Fisher of the refusal loss."""
 
-    name: Literal["ewc"]
-    strength: float = Field(1000.0, gt=0.0, description="lambda")
-    fisher_samples: int = Field(128, ge=1)
-    fisher_batch_size: int = Field(8, ge=1)
+    name: Literal["ewc"] = Field(description="`ewc`: elastic weight consolidation toward the aligned weights.")
+    strength: float = Field(
+        1000.0, gt=0.0,
+        description="lambda in lambda * sum F (theta - theta_aligned)^2; larger holds the weights that matter for "
+                    "refusal closer to the aligned ones.",
+    )
+    fisher_samples: int = Field(
+        128, ge=1,
+        description="Safety examples behind the diagonal Fisher, computed once before training and cached in the "
+                    "run folder.",
+    )
+    fisher_batch_size: int = Field(8, ge=1, description="Batch size of the Fisher computation.")
     # also anchor what answers benign look-alikes: F = F(refusals) + w · F(borderline)
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
@@ -238,14 +422,23 @@ class EWCMethod(Section):
 class SAPMethod(Section):
     """Safety-aware probing: a probe trained where a harmful weight shift raises the task loss."""
 
-    name: Literal["sap"]
+    name: Literal["sap"] = Field(description="`sap`: safety-aware probing.")
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="decoder layers whose MLP output gets the probe (default: two middle layers)")
-    epsilon: float = Field(2e-5, gt=0.0, description="weight shift along the harmful direction, x ||theta||")
-    probe_lr: float = Field(0.05, gt=0.0)
-    probe_steps: int = Field(1, ge=1, description="probe updates per probed step")
-    pairs_per_step: int = Field(8, ge=1, description="safety preference pairs for the harmful direction")
-    every: int = Field(1, ge=1, description="retrain the probe every k steps, reuse it in between")
+        None, min_length=1,
+        description="Decoder layers whose MLP output gets the probe (a bias); null: the two middle layers.",
+    )
+    epsilon: float = Field(
+        2e-5, gt=0.0,
+        description="Size of the weight shift along the harmful direction, relative to the weights' norm.",
+    )
+    probe_lr: float = Field(0.05, gt=0.0, description="Learning rate of the probe's own Adam steps.")
+    probe_steps: int = Field(1, ge=1, description="Probe updates per probed step.")
+    pairs_per_step: int = Field(
+        8, ge=1,
+        description="Preference pairs (a refusal against a data.harmful compliance to the same prompt) behind the "
+                    "harmful direction.",
+    )
+    every: int = Field(1, ge=1, description="Retrain the probe every k steps and reuse it in between.")
 
     @property
     def needs_harmful_data(self) -> bool:
@@ -255,19 +448,45 @@ class SAPMethod(Section):
 class TokenWeightingMethod(Section):
     """Per-token weights on the task loss plus a safety objective (refusal CE, optional NPO)."""
 
-    name: Literal["token_weighting"]
-    scorer: Literal["reference", "classifier", "none"] = "reference"
-    gamma: float = Field(1.0, gt=0.0, description="reference scorer: sharpness")
-    min_weight: float = Field(0.1, ge=0.0, le=1.0, description="weights are clamped to [min_weight, 1]")
-    classifier: str = Field("lab", description="classifier scorer: HF sequence-classification folder, or 'lab'")
-    unsafe_label: str = Field("unsafe", description="classifier scorer: the label that means unsafe")
+    name: Literal["token_weighting"] = Field(
+        description="`token_weighting`: per-token weights on the task loss plus a safety objective.",
+    )
+    scorer: Literal["reference", "classifier", "none"] = Field(
+        "reference",
+        description="Where the weights come from: `reference` (tokens the aligned model finds much less likely "
+                    "than the current model are down-weighted), `classifier` (tokens of response segments a "
+                    "safety classifier calls unsafe), `none` (weight 1: the safety objective alone).",
+    )
+    gamma: float = Field(
+        1.0, gt=0.0,
+        description="reference scorer: sharpness of w = clamp(2*sigmoid(gamma*(log p_ref - log p)), min_weight, "
+                    "1).",
+    )
+    min_weight: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Weights are clamped to [min_weight, 1]; a floor keeps learned task tokens training.",
+    )
+    classifier: str = Field(
+        "lab",
+        description="classifier scorer: a Hugging Face sequence-classification folder or hub id, or `lab` (the "
+                    "lab's safety classifier).",
+    )
+    unsafe_label: str = Field("unsafe", description="classifier scorer: the classifier's label that means unsafe.")
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
-    segment_tokens: int = Field(4, ge=1, description="classifier scorer: score the response prefix every k tokens")
-    alpha: float = Field(0.2, ge=0.0, description="weight of the safety objective")
-    safety_batch_size: int = Field(8, ge=1)
-    npo_weight: float = Field(0.0, ge=0.0, description="NPO on data.harmful completions (0 = off)")
-    npo_beta: float = Field(0.5, gt=0.0)
+    segment_tokens: int = Field(4, ge=1, description="classifier scorer: score the response prefix every k tokens.")
+    alpha: float = Field(
+        0.2, ge=0.0,
+        description="Weight of the safety objective (refusal cross-entropy, plus NPO when npo_weight > 0); 0: "
+                    "weighted task loss only.",
+    )
+    safety_batch_size: int = Field(8, ge=1, description="Safety examples per step for the safety objective.")
+    npo_weight: float = Field(
+        0.0, ge=0.0,
+        description="Weight of NPO on data.harmful completions inside the safety objective (lowers their "
+                    "probability below the aligned model's); 0: off. Needs data.harmful.",
+    )
+    npo_beta: float = Field(0.5, gt=0.0, description="NPO's beta (its temperature).")
 
     @property
     def needs_harmful_data(self) -> bool:
@@ -291,38 +510,86 @@ class DistributedConfig(Section):
     """How a run launched on several processes (torchrun / accelerate launch) shares the model."""
 
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="ddp: a whole model per process; fsdp: parameters, gradients and optimizer "
-                           "state sharded across processes (FSDP2), for models that do not fit one device")
+        "ddp",
+        description="`ddp`: a whole model per process (DistributedDataParallel); `fsdp`: parameters, gradients "
+                    "and optimizer state sharded across processes (FSDP2), for models that do not fit one device.",
+    )
 
 
 class TrainConfig(Section):
-    seed: int = 0
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    max_steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
-    save_every: int | None = Field(None, ge=1)
-    # how many step-N checkpoints to keep (the newest); null keeps them all. A full
-    # checkpoint holds the weights and the optimizer state: ~12 bytes per parameter in fp32.
-    keep_checkpoints: int | None = Field(None, ge=1)
-    log_every: int = Field(10, ge=1)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = Field(0, description="Seed of everything random: data order, method draws, initialisation of adapters.")
+    batch_size: int = Field(
+        8, ge=1,
+        description="Examples per micro-batch, per process (global batch = batch_size x processes x grad_accum). "
+                    "With data.packing, packed sequences.",
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's decoupled weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's (beta1, beta2).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine",
+        description="Learning rate after warm-up: `constant`, or decaying to 0 at the last step, `linear` or "
+                    "`cosine`.",
+    )
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up from 0 to learning_rate.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train; give this or epochs.")
+    epochs: float | None = Field(
+        None, gt=0.0,
+        description="Passes over the training data (may be fractional); give this or max_steps.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0,
+        description="Clip the gradient's global norm to this; null: no clipping.",
+    )
+    save_every: int | None = Field(
+        None, ge=1,
+        description="Write a resumable checkpoint (weights, optimizer, scheduler, RNG and method state) every N "
+                    "steps; null: only final/.",
+    )
+    keep_checkpoints: int | None = Field(
+        None, ge=1,
+        description="Keep only the N newest step checkpoints; null: all. A full checkpoint holds the weights and "
+                    "the optimizer state, about 12 bytes per parameter in fp32.",
+    )
+    log_every: int = Field(
+        10, ge=1,
+        description="Write a metrics.jsonl line (loss, learning rate, throughput, the methods' statistics) and "
+                    "update the progress line every N steps.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="`auto`: CUDA when present, else CPU; or cpu, cuda, mps. Under torchrun each process takes "
+                    "its own GPU.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast mixed precision over the loaded weights (keep model.dtype float32)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+        "fp32",
+        description="`fp32`, or autocast mixed precision `bf16` / `fp16` (fp16 with a loss scaler) over the "
+                    "loaded weights; keep model.dtype float32 for fp32 master weights.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less activation memory, about 30% slower, the "
+                    "same gradients.",
+    )
     compile: bool = Field(
-        False, description="torch.compile the training forward pass (a GPU speed-up; the first steps pay the "
-        "compile time; safety passes and generation stay eager)")
-    max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before on_nonfinite acts")
+        False,
+        description="Run the training forward pass through torch.compile: a GPU speed-up once the first steps "
+                    "have paid the compile time; safety passes and generation stay eager.",
+    )
+    max_bad_steps: int = Field(
+        3, ge=1,
+        description="Non-finite steps (skipped, no update) in a row before on_nonfinite acts.",
+    )
     on_nonfinite: Literal["rollback", "stop"] = Field(
-        "rollback", description="rollback: to the last checkpoint/passing probe with LR x0.5; stop: error")
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+        "rollback",
+        description="After max_bad_steps non-finite steps in a row: `rollback` to the last checkpoint or passing "
+                    "safety probe with half the learning rate (at most 3 times), or `stop` with an error.",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="How a run started by torchrun or accelerate launch spreads the model over its processes.",
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":
@@ -335,31 +602,79 @@ class TrainConfig(Section):
 class MonitorConfig(Section):
     """Safety probes during training (a quick harmful-refusal check every N steps)."""
 
-    every: int | None = Field(None, ge=1, description="probe every N optimizer steps; off if null")
-    samples: int = Field(64, ge=1, description="harmful prompts per probe")
-    min_retained: float = Field(0.9, gt=0.0, le=1.0, description="breach below this x baseline")
-    on_breach: Literal["warn", "rollback", "stop"] = "rollback"
-    lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="LR multiplier after a rollback")
-    max_rollbacks: int = Field(3, ge=0)
+    every: int | None = Field(
+        None, ge=1,
+        description="Probe harmful-prompt refusal every N optimizer steps; null: no probes. Needs a harmful suite "
+                    "in eval.suites.",
+    )
+    samples: int = Field(
+        64, ge=1,
+        description="Harmful prompts per probe, spread evenly over the recipe's harmful suites.",
+    )
+    min_retained: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="A probe below this share of the step-0 probe is a breach.",
+    )
+    on_breach: Literal["warn", "rollback", "stop"] = Field(
+        "rollback",
+        description="On a breach: `warn` logs it, `stop` ends the run with an error, `rollback` restores the last "
+                    "state that passed and lowers the learning rate by lr_factor.",
+    )
+    lr_factor: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="The learning rate is multiplied by this after a rollback.",
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Rollbacks allowed before a further breach stops the run.")
 
 
 # --------------------------------------------------------------------------- eval
 class SuiteConfig(Section):
     """One evaluation suite: a kind and a data source with a column mapping."""
 
-    kind: Literal["harmful", "over_refusal", "task", "capability"]
-    name: str | None = None
-    path: str
-    split: str = "train"
-    format: Literal["auto", "jsonl", "json", "csv", "txt", "parquet", "hub"] = "auto"
-    prompt_field: str = "prompt"
-    category_field: str | None = None
-    label_field: str | None = None
-    label_values: list[str] | None = Field(None, description="keep rows whose label is one of these")
-    reference_field: str | None = None
-    metric: Literal["exact_match", "contains", "regex"] = "exact_match"
-    limit: int | None = Field(None, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: eval.max_new_tokens")
+    kind: Literal["harmful", "over_refusal", "task", "capability"] = Field(
+        description="`harmful` (refusal rate, overall and by category), `over_refusal` (benign prompts that get "
+                    "refused), `task` and `capability` (answers scored against references).",
+    )
+    name: str | None = Field(None, description="The suite's name in reports; default: its kind. Names must differ.")
+    path: str = Field(
+        description="The prompts: a local JSONL, JSON, CSV, TXT (one prompt a line) or Parquet file, or a "
+                    "`datasets` hub id.",
+    )
+    split: str = Field(
+        "train",
+        description="The split to read from a hub dataset, or from a JSON file holding {split: [rows]}.",
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "txt", "parquet", "hub"] = Field(
+        "auto",
+        description="The file's format; `auto` tells it from the extension (`hub` for a hub id).",
+    )
+    prompt_field: str = Field("prompt", description="The column holding the prompt (AdvBench: goal).")
+    category_field: str | None = Field(
+        None,
+        description="The column holding a category: per-category refusal rates (harmful suites). null: none.",
+    )
+    label_field: str | None = Field(
+        None,
+        description="Keep only rows whose value in this column is one of label_values (XSTest: label = safe).",
+    )
+    label_values: list[str] | None = Field(
+        None,
+        description="With label_field: the labels of the rows to keep (compared as text, so 1 matches \"1\").",
+    )
+    reference_field: str | None = Field(
+        None,
+        description="task and capability suites: the column holding the expected answer.",
+    )
+    metric: Literal["exact_match", "contains", "regex"] = Field(
+        "exact_match",
+        description="task and capability suites: `exact_match`, `contains` (the reference appears in the answer) "
+                    "or `regex` (the reference is a regular expression searched in the answer).",
+    )
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N rows; null: all.")
+    max_new_tokens: int | None = Field(
+        None, ge=1,
+        description="Tokens generated per answer for this suite; null: eval.max_new_tokens.",
+    )
 
     @field_validator("label_values", mode="before")
     @classmethod
@@ -387,27 +702,60 @@ GENERATIVE_JUDGE_KEYS = ("judge_template", "judge_prompt", "judge_prompt_format"
 class RefusalConfig(Section):
     """How refusals are counted; docs/evaluation.md#refusal-detectors has the verdict -> refusal mapping."""
 
-    detector: Literal["keyword", "judge", "both"] = "keyword"
-    keywords: list[str] | None = Field(None, description="replace the default refusal markers")
-    extra_keywords: list[str] = Field(default_factory=list)
-    judge: str | None = Field(None, description="judge model: local folder, hub id, or 'lab' (the lab's safety classifier)")
+    detector: Literal["keyword", "judge", "both"] = Field(
+        "keyword",
+        description="How a refusal is recognised: `keyword` (refusal phrases), `judge` (a model decides), or "
+                    "`both` (the judge's numbers, plus a keyword-vs-judge agreement table).",
+    )
+    keywords: list[str] | None = Field(
+        None,
+        description="Refusal markers replacing the default list (the AdvBench/GCG phrases); null: the default "
+                    "list.",
+    )
+    extra_keywords: list[str] = Field(
+        default_factory=list,
+        description="Refusal markers added to the default list (or to keywords).",
+    )
+    judge: str | None = Field(
+        None,
+        description="The judge model: a local folder, a hub id, or `lab` (the lab's safety classifier).",
+    )
     judge_kind: Literal["classifier", "generative"] = Field(
-        "classifier", description="classifier: sequence classification; generative: a causal LM that answers a prompt")
+        "classifier",
+        description="`classifier`: a sequence-classification model reads prompt and answer; `generative`: a "
+                    "causal language model (a guard model) answers a judging prompt.",
+    )
     judge_refusal_labels: list[str] | None = Field(
-        None, description="judge labels counted as a refusal; default: classifier [refusal, safe, LABEL_1], "
-        "llama_guard [safe], harmbench [no]")
+        None,
+        description="Judge labels counted as a refusal. Default: classifier [refusal, safe, LABEL_1], llama_guard "
+                    "[safe], harmbench [no].",
+    )
     judge_suites: list[Literal["harmful", "over_refusal"]] | None = Field(
-        None, description="suite kinds the judge decides (keywords decide the others); "
-        "default: harmful for generative judges, both for classifiers")
+        None,
+        description="Suite kinds the judge decides (keywords decide the others). Default: harmful for generative "
+                    "judges, both kinds for classifiers.",
+    )
     # generative judges only
-    judge_template: Literal["llama_guard", "harmbench", "custom"] = "llama_guard"
-    judge_prompt: str | None = Field(None, description="custom: the judge's input, with {prompt} and {response}")
+    judge_template: Literal["llama_guard", "harmbench", "custom"] = Field(
+        "llama_guard",
+        description="generative judges: the prompt the judge model is asked: `llama_guard`, `harmbench`, or "
+                    "`custom` (judge_prompt, judge_labels and judge_refusal_labels).",
+    )
+    judge_prompt: str | None = Field(
+        None,
+        description="judge_template custom: the judge's input, a text with {prompt} and {response}.",
+    )
     judge_prompt_format: Literal["chat", "raw"] = Field(
-        "chat", description="custom: chat = one user turn of the judge's chat template; raw = the text as is")
+        "chat",
+        description="judge_template custom: `chat` sends judge_prompt as one user turn of the judge's chat "
+                    "template; `raw` sends the text as it is.",
+    )
     judge_labels: dict[str, str] | None = Field(
-        None, description="label -> regex searched in the judge's answer (case-insensitive, first match wins); "
-        "default per template")
-    judge_max_new_tokens: int = Field(16, ge=1, description="length of the judge's answer")
+        None,
+        description="Generative judges: label -> regular expression searched in the judge's answer "
+                    "(case-insensitive, first match wins). Default: per template.",
+    )
+    judge_max_new_tokens: int = Field(16, ge=1, description="Generative judges: tokens of the judge's answer.")
 
     @model_validator(mode="after")
     def _judge_settings(self) -> "RefusalConfig":
@@ -448,24 +796,52 @@ class RefusalConfig(Section):
 class GateConfig(Section):
     """Pass/fail thresholds; null turns a check off. `*_retained` = current / baseline."""
 
-    min_harmful_retained: float | None = Field(0.9, ge=0.0, le=2.0)
-    min_category_retained: float | None = Field(None, ge=0.0, le=2.0, description="every harmful category")
-    max_over_refusal_increase: float | None = Field(0.1, ge=0.0, le=1.0)
-    min_task_score: float | None = Field(None, ge=0.0, le=1.0)
-    min_capability_retained: float | None = Field(None, ge=0.0, le=2.0)
-    exit_on_fail: bool = Field(True, description="`safetune train` exits 3 when the final gate fails")
+    min_harmful_retained: float | None = Field(
+        0.9, ge=0.0, le=2.0,
+        description="Pass only if harmful refusal is at least this share of the baseline's; null: no check.",
+    )
+    min_category_retained: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="Pass only if every harmful category keeps at least this share of its baseline refusal; null: "
+                    "no check.",
+    )
+    max_over_refusal_increase: float | None = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Pass only if over-refusal rose by at most this much (absolute); null: no check.",
+    )
+    min_task_score: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Pass only if the task score is at least this; null: no check.",
+    )
+    min_capability_retained: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="Pass only if the capability score is at least this share of the baseline's; null: no check.",
+    )
+    exit_on_fail: bool = Field(
+        True,
+        description="`safetune train` exits 3 when the final gate fails (the checkpoint is kept); false: exit 0.",
+    )
 
 
 class EvalConfig(Section):
-    suites: list[SuiteConfig] = Field(default_factory=list)
-    max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(32, ge=1)
-    refusal: RefusalConfig = Field(default_factory=RefusalConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    at_end: bool = Field(True, description="evaluate final/ when training ends")
+    suites: list[SuiteConfig] = Field(
+        default_factory=list,
+        description="What to measure: a list of suites (harmful, over_refusal, task, capability), each a data "
+                    "source with a column mapping.",
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Tokens generated per answer (greedy); a suite may set its own.")
+    batch_size: int = Field(32, ge=1, description="Prompts generated for per batch.")
+    refusal: RefusalConfig = Field(
+        default_factory=RefusalConfig,
+        description="How refusals are counted: keywords, a judge model, or both.",
+    )
+    gate: GateConfig = Field(default_factory=GateConfig, description="Pass/fail thresholds of the safety report.")
+    at_end: bool = Field(True, description="Evaluate final/ when training ends and write the safety report.")
     baseline_cache: bool = Field(
-        True, description="reuse the base model's evaluation across runs (same model files and eval settings); "
-        "kept under $SAFETUNE_CACHE/baselines or ~/.cache/safetune/baselines")
+        True,
+        description="Reuse the base model's evaluation across runs with the same model files and eval settings, "
+                    "kept under $SAFETUNE_CACHE/baselines or ~/.cache/safetune/baselines.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":
@@ -477,9 +853,15 @@ class EvalConfig(Section):
 
 # --------------------------------------------------------------------------- output
 class OutputConfig(Section):
-    dir: str | None = Field(None, description="default: runs/<recipe name>")
-    overwrite: bool = False
-    tensorboard: bool = False
+    dir: str | None = Field(None, description="The run folder; null: runs/<recipe name>.")
+    overwrite: bool = Field(
+        False,
+        description="Replace an existing run folder; without it (or --resume) an existing folder is refused.",
+    )
+    tensorboard: bool = Field(
+        False,
+        description="Also write TensorBoard event files into <run>/tensorboard (needs the tensorboard package).",
+    )
 
 
 # --------------------------------------------------------------------------- recipe
@@ -487,15 +869,33 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder name that sta
 
 
 class Recipe(Section):
-    name: str = Field("run", description="names the run folder runs/<name> (default: the file name)")
-    description: str = ""
-    model: ModelConfig
-    data: DataConfig
-    method: list[MethodConfig] = Field(default_factory=lambda: [StandardMethod(name="standard")])
-    train: TrainConfig
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    name: str = Field(
+        "run",
+        description="Names the run folder runs/<name>: letters, digits, '.', '_' and '-'. Default: the recipe's "
+                    "file name.",
+    )
+    description: str = Field("", description="One line saying what the recipe is for (shown by `safetune recipes`).")
+    model: ModelConfig = Field(description="The model to fine-tune and how to load it.")
+    data: DataConfig = Field(
+        description="Training data, the safety data the methods use, and how examples are tokenised.",
+    )
+    method: list[MethodConfig] = Field(
+        default_factory=lambda: [StandardMethod(name="standard")],
+        description="Safety method(s): a name (`mix`), a mapping with the method's own fields ({name: mix, "
+                    "safety_fraction: 0.2}), or a list to combine them ([freeze, safegrad]). Default: standard.",
+    )
+    train: TrainConfig = Field(
+        description="The optimisation: steps, batch, learning rate, precision, checkpoints, processes.",
+    )
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Safety probes during training, with what to do on a breach.",
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig,
+        description="What to measure before and after training, and the safety gate.",
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where the run folder goes.")
 
     @field_validator("name")
     @classmethod
