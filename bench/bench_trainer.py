@@ -2,6 +2,13 @@
 
     python bench/bench_trainer.py [--device cpu|cuda] [--threads N] [--steps S] [--warmup W] [--repeats R]
                                   [--batch-size B] [--max-seq-len L] [--precision fp32|bf16] [--model DIR]
+                                  [--lora R] [--data FILE]
+
+On the real model (after `safetune real build`), LoRA and full fine-tuning on Alpaca rows:
+
+    python bench/bench_trainer.py --model ~/.cache/safetune/smollm2-135m-aligned --threads 2 --batch-size 8 \
+        --steps 6 --warmup 2 --repeats 2 --rows safetune transformers --lora 16 \
+        --data data/real/splits/alpaca_finetune.jsonl --name trainer-real-lora
 
 Both loops get the same model (the lab model, else a lab-shaped random Llama with a
 tokenizer trained on the lab data), the same micro-batches in the same order (safetune's
@@ -71,8 +78,8 @@ def recipe_for(args, model: Path, out: Path, packing: bool, compile: bool = Fals
 
     return validate_tree({
         "name": "bench-trainer",
-        "model": {"path": str(model)},
-        "data": {"train": {"path": str(TASK)}, "max_seq_len": args.max_seq_len, "packing": packing},
+        "model": {"path": str(model), "lora": lora_settings(args)},
+        "data": {"train": {"path": str(args.data)}, "max_seq_len": args.max_seq_len, "packing": packing},
         "method": "standard",
         "train": {"max_steps": args.warmup + args.steps, "batch_size": args.batch_size, "learning_rate": 1e-3,
                   "lr_schedule": "cosine", "warmup_steps": 0, "weight_decay": 0.01, "max_grad_norm": 1.0,
@@ -81,6 +88,10 @@ def recipe_for(args, model: Path, out: Path, packing: bool, compile: bool = Fals
         "eval": {"suites": []},
         "output": {"dir": str(out)},
     })
+
+
+def lora_settings(args) -> dict | None:
+    return {"r": args.lora, "alpha": 2 * args.lora, "target_modules": "all-linear"} if args.lora else None
 
 
 # --------------------------------------------------------------------------- the two loops
@@ -124,6 +135,12 @@ def run_transformers(args, model: Path, scratch: Path, packing: bool) -> dict:
     del planner
 
     hf_model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    if args.lora:  # the adapters safetune adds, initialised from the same seed
+        from safetune.modeling import add_lora
+        from safetune.recipe import ModelConfig
+
+        torch.manual_seed(0)
+        hf_model = add_lora(hf_model, ModelConfig(path=str(model), lora=lora_settings(args)))
     if packing:
         prepare_packing(hf_model)  # the same check; Trainer turns the KV cache off itself (args.use_cache)
     stamps: dict[int, float] = {}
@@ -179,6 +196,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank on all linear layers (0: full fine-tuning)")
+    parser.add_argument("--data", type=Path, default=TASK, help="training rows (default: the lab sentiment task)")
     parser.add_argument("--rows", nargs="+", choices=ROWS + OPTIONAL_ROWS, default=ROWS)
     parser.add_argument("--name", default="trainer", help="results file name under bench/results/")
     args = parser.parse_args()
@@ -228,6 +247,7 @@ def main() -> None:
         "model": label, "parameters": parameters, "device": args.device, "precision": args.precision,
         **machine(), "transformers": __import__("transformers").__version__,
         "batch_size": args.batch_size, "max_seq_len": args.max_seq_len, "warmup_steps": args.warmup,
+        "lora_rank": args.lora, "data": str(args.data),
         "measured_steps": args.steps, "repeats": args.repeats, "order": "ABBA",
         "median_tokens_per_s": medians, "ratios": ratios, "paired_ratios": paired,
         "median_tokens_per_cpu_s": cpu_medians, "cpu_time_ratios": cpu_ratios, "max_weight_difference": agreement,
@@ -253,6 +273,7 @@ def markdown(result: dict) -> str:
         "# safetune loop vs transformers.Trainer",
         "",
         f"`{result['command']}` — {result['model']} ({result['parameters'] / 1e6:.1f}M parameters), "
+        f"{'LoRA r' + str(result['lora_rank']) if result.get('lora_rank') else 'full fine-tuning'}, "
         f"{result['device']}, {result['precision']}, {result['torch_threads']} torch threads, "
         f"batch {result['batch_size']} x up to {result['max_seq_len']} tokens, {result['measured_steps']} steps "
         f"measured after {result['warmup_steps']}, {result['repeats']} runs per row in ABBA order; "
