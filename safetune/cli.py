@@ -138,6 +138,16 @@ def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
     print(f"ok: {recipe} is valid (output: {resolved.output_dir()})")
 
 
+@app.command()
+@handle_errors
+def explain(field: str = typer.Argument(..., help="a recipe field or section: train.learning_rate, "
+                                        "method.safegrad.margin, eval.gate, safegrad", show_default=False)):
+    """Say what a recipe field does: type, default, allowed values, description, an example."""
+    from safetune.docgen import explain as describe
+
+    print(describe(field))
+
+
 def bundled_recipes() -> dict[str, Path]:
     # files in a folder named _<something> (recipes/lab/_base/) are bases that recipes build on, not recipes
     return {str(p.relative_to(RECIPES_DIR).with_suffix("")): p for p in sorted(RECIPES_DIR.rglob("*.yaml"))
@@ -261,7 +271,8 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or safe
     result = run_compare(list(runs), out)
     for table in result.tables:
         console.print(table)
-    console.print(f"wrote {result.markdown_path}, {result.json_path}, " + ", ".join(map(str, result.plot_paths)))
+    console.print(f"wrote {result.html_path}, {result.markdown_path}, {result.json_path}, "
+                  + ", ".join(map(str, result.plot_paths)))
 
 
 def print_verdict(report: dict) -> None:

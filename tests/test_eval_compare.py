@@ -113,3 +113,27 @@ def test_safetune_compare_with_stdout_not_a_tty(tmp_path):
     assert result.exit_code == 0, result.output
     tables = result.output.split("wrote ")[0]  # the last line names the written files (long paths)
     assert_fits_80_columns_uncut(tables)
+
+
+def test_compare_writes_one_self_contained_html_page(tmp_path):
+    """compare.html: both tables and the plots embedded, nothing fetched from elsewhere."""
+    import base64
+    import re
+
+    standard = fake_run(tmp_path / "runs", "standard", "standard", harmful=0.40, task=0.8, privacy=0.1)
+    mix = fake_run(tmp_path / "runs", "mix<&>", "mix", harmful=0.90, task=0.75, privacy=0.85)
+    comparison = run_compare([standard, mix], tmp_path / "cmp")
+
+    page = comparison.html_path.read_text(encoding="utf-8")
+    assert comparison.html_path == tmp_path / "cmp" / "compare.html"
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<h1>Safety comparison</h1>" in page and "Harmful refusal by category" in page
+    assert "<td>standard</td>" in page and "0.400 <span" in page and "(42%)" in page
+    assert "mix&lt;&amp;&gt;" in page and "mix<&>" not in page  # names are escaped
+    assert '<td class="fail">FAIL</td>' in page and '<td class="pass">PASS</td>' in page
+    assert "<td>privacy</td>" in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == len(comparison.plot_paths) == 2
+    assert base64.b64decode(images[0]) == comparison.plot_paths[0].read_bytes()
+    # self-contained: no external stylesheet, script, font or image
+    assert not re.search(r'(src|href)="(?!data:)', page) and "<script" not in page and "@import" not in page

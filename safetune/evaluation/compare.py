@@ -9,6 +9,7 @@ stdout is not a terminal: a pipe, a log file) compact tables of at most 80 colum
 never cut a cell. The Markdown always has every column.
 
 Written to the output folder:
+    compare.html           one self-contained page: both tables and the plots (embedded), for a browser
     compare.md             the tables (and the plots) for a person
     compare.json           the same numbers for a program
     safety_over_steps.png  harmful refusal and task score over training steps
@@ -17,6 +18,8 @@ Written to the output folder:
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,7 @@ class Comparison:
     markdown_path: Path
     json_path: Path
     plot_paths: list[Path]
+    html_path: Path | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -284,6 +288,90 @@ def plot_safety_vs_task(entries: list[Entry], path: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- HTML
+HTML_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: rgb(30, 30, 36);
+       max-width: 1100px; margin: 2em auto; padding: 0 1.2em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid rgb(220, 220, 226); padding-bottom: 0.2em; }
+p.note { color: rgb(95, 95, 105); margin-top: 0.3em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.35em 0.8em; border-bottom: 1px solid rgb(230, 230, 236); text-align: right; }
+th { background: rgb(244, 245, 248); font-weight: 600; }
+th:first-child, td:first-child { text-align: left; }
+tr.baseline td { color: rgb(95, 95, 105); font-style: italic; }
+td .kept { color: rgb(110, 110, 120); font-size: 0.85em; }
+td.pass { color: rgb(21, 120, 50); font-weight: 700; }
+td.fail { color: rgb(190, 30, 30); font-weight: 700; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid rgb(230, 230, 236); }
+figcaption { color: rgb(95, 95, 105); font-size: 0.9em; }
+"""
+
+
+def _html_rate(value: float | None, kept: float | None = None) -> str:
+    text = html.escape(fmt(value))
+    return text + (f' <span class="kept">({kept:.0%})</span>' if kept is not None else "")
+
+
+def _shade(value: float | None) -> str:
+    """A refusal rate as a cell background: red at 0, white at 1."""
+    if value is None:
+        return ""
+    level = max(0.0, min(1.0, value))
+    return f' style="background: rgba(220, 60, 50, {0.55 * (1 - level):.2f})"'
+
+
+def html_report(entries: list[Entry], plots: list[Path]) -> str:
+    """compare.html: the comparison, the per-category table and the plots, in one file that
+    a browser opens offline (the plots are embedded as base64 PNG)."""
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           "<title>safetune: safety comparison</title>", f"<style>{HTML_STYLE}</style></head><body>",
+           "<h1>Safety comparison</h1>",
+           '<p class="note">Harmful refusal should stay near the baseline; over-refusal should not rise. '
+           f"{esc(RETAINED_NOTE)} Gate: the recipe's pass/fail thresholds.</p>"]
+    header = ["Run", "Method", "Steps", "Wall time", "Harmful refusal", "Over-refusal", "Task", "Capability", "Gate"]
+    out += ["<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    for entry in entries:
+        report, metrics = entry.report, entry.metrics
+        retained = {} if entry.is_baseline else report.get("retained") or {}
+        verdict = "–" if entry.is_baseline or "gate" not in report else str(report["gate"]["verdict"])
+        cells = [esc(entry.name),
+                 "base model" if entry.is_baseline else esc(", ".join(report.get("method") or []) or "–"),
+                 esc(fmt(report.get("steps"))), esc(_duration(report.get("wall_time_s"))),
+                 _html_rate(metrics.get("harmful_refusal_rate"), retained.get("harmful_refusal_rate")),
+                 _html_rate(metrics.get("over_refusal_rate")),
+                 _html_rate(metrics.get("task_score"), retained.get("task_score")),
+                 _html_rate(metrics.get("capability_score"), retained.get("capability_score"))]
+        gate_class = {"PASS": "pass", "FAIL": "fail"}.get(verdict.upper(), "")
+        row_class = ' class="baseline"' if entry.is_baseline else ""
+        out.append(f"<tr{row_class}>" + "".join(f"<td>{cell}</td>" for cell in cells)
+                   + f'<td class="{gate_class}">{esc(verdict)}</td></tr>')
+    out.append("</table>")
+    categories = sorted({c for entry in entries for c in entry.metrics.get("by_category", {})})
+    if categories:
+        out += ["<h2>Harmful refusal by category</h2>",
+                '<p class="note">Refusal rate per harm category; the redder the cell, the less is refused.</p>',
+                "<table>", "<tr><th>Category</th>" + "".join(f"<th>{esc(e.name)}</th>" for e in entries) + "</tr>"]
+        for category in categories:
+            values = [entry.metrics.get("by_category", {}).get(category) for entry in entries]
+            out.append(f"<tr><td>{esc(category)}</td>"
+                       + "".join(f"<td{_shade(v)}>{esc(fmt(v))}</td>" for v in values) + "</tr>")
+        out.append("</table>")
+    captions = {"safety_over_steps": "Over training: lines are the safety probes in metrics.jsonl, stars the "
+                                     "final reports, the dashed line the baseline.",
+                "safety_vs_task": "One point per run: top right keeps both safety and the task."}
+    out.append("<h2>Plots</h2>")
+    for plot in plots:
+        data = base64.b64encode(plot.read_bytes()).decode("ascii")
+        out += [f'<figure><img alt="{esc(plot.stem)}" src="data:image/png;base64,{data}">',
+                f"<figcaption>{esc(captions.get(plot.stem, plot.stem))}</figcaption></figure>"]
+    out += ["</body></html>"]
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------- command
 def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
     if not paths:
@@ -301,8 +389,9 @@ def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
     if categories[1]:
         markdown += ["## Harmful refusal by category", "", *markdown_table(*categories), ""]
     markdown += ["## Plots", ""] + [f"![{plot.stem}]({plot.name})" for plot in plots]
-    markdown_path, json_path = out_dir / "compare.md", out_dir / "compare.json"
+    markdown_path, json_path, html_path = out_dir / "compare.md", out_dir / "compare.json", out_dir / "compare.html"
     write_atomic(markdown_path, "\n".join(markdown) + "\n")
+    write_atomic(html_path, html_report(entries, plots))
     rows = [{"name": e.name, "baseline": e.is_baseline, "metrics": e.metrics, "retained": e.report.get("retained"),
              "method": e.report.get("method"), "steps": e.report.get("steps"), "wall_time_s": e.report.get("wall_time_s"),
              "gate": (e.report.get("gate") or {}).get("verdict")} for e in entries]
@@ -315,4 +404,5 @@ def run_compare(paths: list[Path], out_dir: Path | None = None) -> Comparison:
         tables.append(FirstThatFits(
             lambda width: [rich_table("Harmful refusal by category", *categories)],
             lambda width: numbered_category_tables(entries, width)))
-    return Comparison(entries=entries, tables=tables, markdown_path=markdown_path, json_path=json_path, plot_paths=plots)
+    return Comparison(entries=entries, tables=tables, markdown_path=markdown_path, json_path=json_path, plot_paths=plots,
+                      html_path=html_path)
