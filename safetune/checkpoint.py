@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from safetune.errors import SafetuneError
+
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 TRAINER_STATE = "trainer_state.json"  # human-readable: step, epoch, metrics
 TRAINING_STATE = "training_state.pt"  # optimizer, scheduler, RNG, method state
@@ -28,6 +30,11 @@ MAX_SHARD_SIZE = "50GB"  # transformers' default: a bigger model is saved in sev
 
 class NonFiniteWeights(Exception):
     """The model holds NaN/inf values: such weights are never written to disk."""
+
+
+class SaveFailed(SafetuneError):
+    """A checkpoint could not be written (a full disk, a file-size or quota limit); nothing of it
+    is left behind, and no older checkpoint was touched."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,16 +71,24 @@ def save_checkpoint(
     tmp = folder.with_name(f".tmp-{folder.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE,
-                          **({"state_dict": weights} if weights is not None else {}))
-    _name_plain_class(tmp / "config.json", model)
-    tokenizer.save_pretrained(tmp)
-    if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE)
-    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
-    write_manifest(tmp)
-    (tmp / COMPLETE_MARKER).write_text("ok\n")
+    check_free_space(folder, _saved_bytes(model, weights) + tensor_bytes(training_state))
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=MAX_SHARD_SIZE,
+                              **({"state_dict": weights} if weights is not None else {}))
+        _name_plain_class(tmp / "config.json", model)
+        tokenizer.save_pretrained(tmp)
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        write_manifest(tmp)
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+    except Exception as err:  # ENOSPC, EFBIG, EDQUOT...: a half-written folder helps no one
+        why = _write_failure(err)
+        if why is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveFailed(f"cannot write {folder} ({why})") from None
     if folder.exists():  # replacing (e.g. final/ after a resumed run): move the old one aside first
         old = folder.with_name(f".old-{folder.name}")
         if old.exists():
@@ -84,6 +99,48 @@ def save_checkpoint(
     else:
         os.replace(tmp, folder)
     return folder
+
+
+def tensor_bytes(tree: Any) -> int:
+    """The bytes of every tensor in a (nested) state dict: about what saving it writes."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(value) for value in tree)
+    return 0
+
+
+def _saved_bytes(model, weights: dict[str, torch.Tensor] | None) -> int:
+    if weights is not None:
+        return tensor_bytes(weights)
+    if getattr(model, "peft_config", None):  # a LoRA model saves its adapters only
+        return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return tensor_bytes(model.state_dict())
+
+
+def _write_failure(err: Exception) -> str | None:
+    """Why writing failed, when `err` is the disk's refusal (each writer says it its own way)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:  # safetensors' Rust writer
+        return text.split("I/O error:", 1)[1].strip()
+    if isinstance(err, RuntimeError) and "inline_container" in text:  # torch.save's zip writer
+        return f"writing {TRAINING_STATE} failed; is the disk full?"
+    return None
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold `needed` bytes (plus a margin for the
+    tokenizer and small files): better one line now than a half-written folder."""
+    where = next((p for p in (Path(folder).parent, *Path(folder).parents) if p.exists()), Path.cwd())
+    free = shutil.disk_usage(where).free
+    wanted = int(needed * 1.05) + (64 << 20)
+    if free < wanted:
+        raise SaveFailed(f"cannot write {folder}: {free / 2**30:.2f} GiB free on its disk, "
+                         f"about {wanted / 2**30:.2f} GiB needed")
 
 
 def is_complete(folder: Path) -> bool:
@@ -149,6 +206,36 @@ def verify_checkpoint(folder: Path) -> str | None:
         if _sha256(path) != expected["sha256"]:
             return f"{path} is damaged (checksum mismatch)"
     return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """None when `path` is a whole safetensors file, else what is wrong with it. Reads only the
+    header (8 bytes of length, then JSON naming each tensor's byte range), so it is cheap: it
+    finds a truncated copy or a file that is no safetensors at all, not a flipped bit."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(size - 8, 100 << 20):
+                return f"{path} is not a safetensors file (or is cut short: {size} bytes)"
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return f"{path} is not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return f"{path} is not a safetensors file (its header is not a JSON object)"
+    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict)]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"{path} is damaged ({size} bytes, its header describes {expected})"
+    return None
+
+
+def weights_problem(folder: Path) -> str | None:
+    """The first damaged file of a model folder: against its manifest when it has one (a
+    checkpoint safetune wrote), else each safetensors file against its own header."""
+    return verify_checkpoint(folder) or next(
+        filter(None, (safetensors_problem(f) for f in sorted(Path(folder).glob("*.safetensors")))), None)
 
 
 def resumable_checkpoints(run_dir: Path) -> list[Path]:

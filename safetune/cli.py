@@ -256,9 +256,24 @@ def evaluate(
         "max_over_refusal_increase": max_over_refusal_increase,
         "min_task_score": min_task_score,
     }.items() if value is not None}
+    check_gate_flags(gate)
     report = run_eval(checkpoint, recipe_path=recipe, overrides=overrides or [], baseline_path=baseline_report,
                       out_dir=out, gate=gate, progress=not quiet)
     print_verdict(report)
+
+
+def check_gate_flags(gate: dict[str, float]) -> None:
+    """A gate flag out of range is the flag's fault, not the recipe's: name the flag."""
+    from pydantic import ValidationError
+
+    from safetune.errors import UsageError
+    from safetune.recipe import GateConfig, format_problem
+
+    try:
+        GateConfig.model_validate(gate)
+    except ValidationError as err:
+        error = err.errors()[0]
+        raise UsageError(f"--{error['loc'][0].replace('_', '-')}: {format_problem(error | {'loc': ()})}") from None
 
 
 @app.command()

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from safetune.errors import SafetuneError, UsageError
 from safetune.files import cache_root, write_atomic
+from safetune.modeling import warn_once
 from safetune.recipe import DataConfig, SourceConfig
 
 IGNORE_INDEX = -100
@@ -51,28 +52,63 @@ class Example:
 
 
 # --------------------------------------------------------------------------- reading
-def resolve_local_path(path: str) -> Path | None:
-    """A relative path is looked up in the working directory, then in the repository."""
+def resolve_local_path(path: str, folder: Path | None = None) -> Path | None:
+    """A relative path is looked up in the working directory, then in `folder` (the folder of
+    the recipe that names it), then in the repository (the bundled data files)."""
+    return _locate(path, folder)[0]
+
+
+def _locate(path: str, folder: Path | None) -> tuple[Path | None, str | None]:
+    """The file a data path names, and a warning when the choice could surprise: a bundled
+    file used in place of one the user may have meant, or a same-named file beside the recipe
+    that lost to the working directory's."""
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
-        return candidate if candidate.exists() else None
-    for base in (Path.cwd(), REPO_ROOT):
-        if (base / candidate).exists():
-            return base / candidate
-    return None
+        return (candidate if candidate.exists() else None), None
+    places = {"cwd": Path.cwd(), "recipe": folder.resolve() if folder is not None else None, "bundled": REPO_ROOT}
+    hits = [(place, base / candidate) for place, base in places.items() if base and (base / candidate).exists()]
+    if not hits:
+        return None, None
+    place, chosen = hits[0]
+    beside = dict(hits).get("recipe")
+    if place == "cwd" and beside is not None and not beside.samefile(chosen):
+        return chosen, (f"'{path}' is {chosen} in the working directory, not {beside} beside the recipe; "
+                        "write an absolute path to choose")
+    if place == "bundled" and folder is not None and not folder.resolve().is_relative_to(REPO_ROOT):
+        return chosen, (f"'{path}' is neither in the working directory nor beside the recipe; "
+                        f"using safetune's bundled file {chosen}")
+    return chosen, None
 
 
 def looks_like_file(path: str) -> bool:
     return Path(path).suffix.lower() in LOCAL_FORMATS or path.startswith((".", "/", "~"))
 
 
-def read_records(path: str, *, split: str = "train", what: str = "data", fmt: str = "auto") -> list[dict[str, Any]]:
+def read_records(path: str, *, split: str = "train", what: str = "data", fmt: str = "auto",
+                 folder: Path | None = None) -> list[dict[str, Any]]:
     """Rows of a local JSONL/JSON/CSV/Parquet/TXT file, or of a `datasets` hub id."""
-    return [row for _, row in read_located_records(path, split=split, what=what, fmt=fmt)]
+    return [row for _, row in read_located_records(path, split=split, what=what, fmt=fmt, folder=folder)]
+
+
+def data_file(path: str, what: str = "data", fmt: str = "auto", folder: Path | None = None) -> Path | None:
+    """The local file a data path names (None: a hub id), checked to be a readable data file;
+    a surprising choice of file is warned about (once)."""
+    local, warning = _locate(path, folder)
+    if local is None and (fmt not in ("auto", "hub") or looks_like_file(path)):
+        raise UsageError(f"{what}.path: file not found: {path}")
+    if local is None or fmt == "hub":
+        return None
+    if local.is_dir():
+        raise UsageError(f"{what}.path: {local} is a directory; give a data file (.jsonl, .json, .csv, .parquet, .txt)")
+    if not local.is_file():  # reading a FIFO would wait forever; a device is no data set
+        raise UsageError(f"{what}.path: {local} is not a regular file (a pipe or a device); give a data file")
+    if warning:
+        warn_once(f"warning: {what}.path: {warning}")
+    return local.absolute()
 
 
 def read_located_records(
-    path: str, *, split: str = "train", what: str = "data", fmt: str = "auto"
+    path: str, *, split: str = "train", what: str = "data", fmt: str = "auto", folder: Path | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) pairs; `where` is what an error message about the row should say.
 
@@ -80,13 +116,9 @@ def read_located_records(
     an editor's line number matches), JSON array items by their index, anything else by
     its row number.
     """
-    local = resolve_local_path(path)
-    if local is None and (fmt not in ("auto", "hub") or looks_like_file(path)):
-        raise UsageError(f"{what}.path: file not found: {path}")
-    if local is None or fmt == "hub":
+    local = data_file(path, what, fmt, folder)
+    if local is None:
         return [(f"row {n} of {path}", row) for n, row in enumerate(_read_hub(path, split, what), start=1)]
-    if local.is_dir():
-        raise UsageError(f"{what}.path: {local} is a directory; give a data file (.jsonl, .json, .csv, .parquet, .txt)")
     fmt = LOCAL_FORMATS.get(local.suffix.lower(), "jsonl") if fmt == "auto" else fmt
     if fmt == "parquet":
         return [(f"row {n} of {local}", row) for n, row in enumerate(_read_parquet(local, what), start=1)]
@@ -114,13 +146,38 @@ def read_located_records(
         return [(f"item [{i}] of {local}", _object(_chat_row(row), f"{what}: item [{i}] of {local}"))
                 for i, row in enumerate(loaded)]
     if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        # line_num is the physical line the record ended on: the row's line unless a quoted field spans lines
-        return [(f"line {reader.line_num} of {local}", row) for row in reader]
+        return _csv_rows(text, local, what)
     return [  # txt: one prompt per line
         (f"line {number} of {local}", {"prompt": line.strip()})
         for number, line in enumerate(_lines(text), start=1) if line.strip()
     ]
+
+
+def _csv_rows(text: str, local: Path, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """CSV rows as written: a row with more or fewer fields than the header (an unquoted comma,
+    a missing one) is an error, not a row silently cut or padded."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    named = [name for name in header if name.strip()]
+    twice = next((name for name in named if named.count(name) > 1), None)
+    if twice is not None:
+        raise SafetuneError(f"{what}: {local}:1: column '{twice}' appears twice in the header")
+    located = []
+    for fields in reader:
+        if not fields:  # a blank line
+            continue
+        # line_num is the physical line the record ended on: the row's line unless a quoted field spans lines
+        where = f"line {reader.line_num} of {local}"
+        if len(fields) != len(header):
+            raise SafetuneError(
+                f"{what}: {where} has {len(fields)} fields, the header has {len(header)}; "
+                "put a field that holds a comma in double quotes"
+            )
+        unnamed = next((i for i, (name, value) in enumerate(zip(header, fields)) if not name.strip() and value), None)
+        if unnamed is not None:
+            raise SafetuneError(f"{what}: {where} has a value in column {unnamed + 1}, which the header does not name")
+        located.append((where, {name: value for name, value in zip(header, fields) if name.strip()}))
+    return located
 
 
 def _lines(text: str) -> list[str]:
@@ -178,13 +235,39 @@ def _read_hub(path: str, split: str, what: str) -> list[dict[str, Any]]:
         raise SafetuneError(f"{what}.path: cannot load dataset '{path}' (split {split}): {first}") from None
 
 
-def load_examples(source: SourceConfig, what: str, kind: str = "task") -> list[Example]:
-    located = read_located_records(source.path, split=source.split, what=what)
+def load_examples(source: SourceConfig, what: str, kind: str = "task", empty_rows: str = "skip",
+                  notes: list[str] | None = None) -> list[Example]:
+    """The source's examples. A row whose prompt or response is empty teaches nothing (or to say
+    nothing): `empty_rows` "skip" leaves such rows out and says how many in one line (into `notes`,
+    else on stderr), "error" stops at the first."""
+    located = read_located_records(source.path, split=source.split, what=what, folder=source.folder)
     if source.limit:
         located = located[: source.limit]
     if not located:
         raise SafetuneError(f"{what}.path: {source.path} has no rows")
-    return [_example(row, where, source, what, kind) for where, row in located]
+    examples, empty = [], []
+    for where, row in located:
+        example = _example(row, where, source, what, kind)
+        blank = _blank_part(example.messages)
+        if blank and empty_rows == "error":
+            raise SafetuneError(f"{what}: {where}: the {blank} is empty (data.empty_rows=error)")
+        (empty if blank else examples).append(example)
+    if empty:
+        note = (f"warning: {what}: {len(empty)} of {len(located)} rows have an empty prompt or response "
+                f"(first: {empty[0].origin}); left out (data.empty_rows=error stops at them instead)")
+        notes.append(note) if notes is not None else warn_once(note)
+    if not examples:
+        raise SafetuneError(f"{what}.path: {source.path} has no rows with both a prompt and a response")
+    return examples
+
+
+def _blank_part(messages: list[dict[str, str]]) -> str | None:
+    """'prompt' or 'response' when every user (or assistant) turn of a chat is blank."""
+    for role, part in (("user", "prompt"), ("assistant", "response")):
+        turns = [m["content"] for m in messages if m["role"] == role]
+        if turns and not any(content.strip() for content in turns):
+            return part
+    return None
 
 
 # Published instruction-tuning layouts, read as they come when the recipe names no columns:
@@ -202,8 +285,8 @@ def _example(row: dict[str, Any], where: str, source: SourceConfig, what: str, k
                 "of {role, content} with at least one assistant turn"
             )
     elif (layout := _instruction_layout(row, source)) is not None:
-        instruction, context, response = (_required(row, column, where, what) if column != layout[1]
-                                          else str(row.get(column) or "") for column in layout)
+        instruction, context, response = (_required(row, column, where, what, optional=column == layout[1])
+                                          for column in layout)
         prompt = f"{instruction}\n\n{context}" if context.strip() else instruction
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     else:
@@ -242,11 +325,20 @@ def _instruction_layout(row: dict[str, Any], source: SourceConfig) -> tuple[str,
     return None
 
 
-def _required(row: dict[str, Any], column: str, where: str, what: str) -> str:
+def _required(row: dict[str, Any], column: str, where: str, what: str, optional: bool = False) -> str:
+    """The column's text. Anything but text is an error: `str()` of a list or a number is not
+    what the row says (a list would be trained on as "['a', 'b']")."""
     value = row.get(column)
-    if value is None:  # JSON null, or a CSV line with too few fields
+    if value is None and optional:  # Alpaca's `input`, Dolly's `context`: often left out
+        return ""
+    if value is None:  # JSON null
         raise SafetuneError(f"{what}: {where}: column '{column}' has no value")
-    return str(value)
+    if not isinstance(value, str):
+        kind = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+            type(value), type(value).__name__)
+        raise SafetuneError(f"{what}: {where}: column '{column}' holds {kind} ({json.dumps(value, default=str)[:40]}), "
+                            "not text; write it as a string")
+    return value
 
 
 def _is_chat(messages: Any) -> bool:
@@ -608,6 +700,7 @@ class TrainingData:
     dropped: dict[str, int] = field(default_factory=dict)
     truncated: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # {"data.train": its absolute path (or hub id)}
 
 
 def build_training_data(config: DataConfig, tokenizer, seed: int) -> TrainingData:
@@ -622,7 +715,8 @@ def build_training_data(config: DataConfig, tokenizer, seed: int) -> TrainingDat
     def load(source: SourceConfig | None, what: str, kind: str = "task") -> list[Example]:
         if source is None:
             return []
-        examples = load_examples(source, what, kind=kind)
+        examples = load_examples(source, what, kind=kind, empty_rows=config.empty_rows, notes=data.notes)
+        data.files[what] = str(data_file(source.path, what, folder=source.folder) or source.path)
         tokenized = tokenize_set(examples, tokenizer, config.max_seq_len, config.truncation, what)
         if tokenized.too_long:
             counts = data.dropped if config.truncation == "drop" else data.truncated

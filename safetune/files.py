@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetune.errors import UsageError
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename over the target."""
@@ -26,4 +28,8 @@ def write_atomic(path: Path, text: str) -> None:
 def cache_root() -> Path:
     """$SAFETUNE_CACHE, else ~/.cache/safetune: baselines, tokenised data, file hashes.
     (The lab model has its own variable, $SAFETUNE_LAB_MODEL: `modeling.lab_model_dir`.)"""
-    return Path(os.environ.get("SAFETUNE_CACHE") or Path.home() / ".cache" / "safetune").expanduser()
+    root = Path(os.environ.get("SAFETUNE_CACHE") or Path.home() / ".cache" / "safetune").expanduser()
+    if root.exists() and not root.is_dir():  # else every cache write would fail, and be skipped, silently
+        where = "SAFETUNE_CACHE" if os.environ.get("SAFETUNE_CACHE") else "the cache folder"
+        raise UsageError(f"{where}: {root} is a file, not a folder; point SAFETUNE_CACHE at a folder")
+    return root

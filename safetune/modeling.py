@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from safetune.checkpoint import weights_problem
 from safetune.errors import SafetuneError, UsageError
 from safetune.gguf import check_gguf_file, is_gguf_path, load_gguf_config, load_gguf_model, load_gguf_tokenizer
 from safetune.recipe import ModelConfig
@@ -92,6 +93,31 @@ def check_model_folder(path: str | Path, what: str = "model.path") -> None:
             raise UsageError(f"{what}: {config} has no model_type; is {folder} a Hugging Face model folder?")
     if not any(folder.glob("*.safetensors")) and not _pickle_files(folder):
         raise UsageError(f"{what}: {folder} has no weights (no *.safetensors file)")
+    damaged = _weights_problem(folder, _folder_signature(folder))
+    if damaged:
+        raise SafetuneError(f"{what}: {damaged}; this model cannot be trusted: download or save it again")
+
+
+def _folder_signature(folder: Path) -> tuple:
+    """The folder's files with their sizes and times: the weights are checked again only when one changes."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_problem(folder: Path, signature: tuple) -> str | None:
+    return weights_problem(folder)
+
+
+# The files a Hugging Face tokenizer is saved as (one of them is enough).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def check_tokenizer_folder(source: str, what: str) -> None:
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{what}: {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                         "save the tokenizer into the model folder")
 
 
 def refuse_pickle_weights(path: str | Path, what: str, allow_pickle: bool) -> None:
@@ -134,6 +160,8 @@ def warn_once(message: str) -> None:
 
 def load_tokenizer(config: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     source = model_source(config, path)
+    if not is_gguf_path(source):
+        check_tokenizer_folder(source, "model.path" if path is None else "checkpoint")
     try:
         tokenizer = load_gguf_tokenizer(source) if is_gguf_path(source) else AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
@@ -275,7 +303,7 @@ def load_trained_weights(model, folder: Path, device) -> None:
 
 def _not_available(source: str, err: Exception) -> str:
     if Path(source).exists():
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0].rstrip() if str(err).strip() else type(err).__name__
         if first.endswith(":") and ". " in first:  # "...in its name:" then a long list: end at a full sentence
             first = first.rsplit(". ", 1)[0] + "."
         return f"model.path: cannot load {source}: {first}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from safetune.errors import RecipeError, UsageError
 
@@ -26,6 +26,21 @@ class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class FileSection(Section):
+    """A section naming a data file: a relative `path` is also looked up beside the recipe file
+    that wrote it (`load_recipe` records that folder; data.resolve_local_path has the order)."""
+
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path | None:
+        return self._folder
+
+    def __eq__(self, other: object) -> bool:
+        # where the recipe file was is no setting: the same settings are the same section
+        return type(other) is type(self) and self.__dict__ == other.__dict__
 
 
 # --------------------------------------------------------------------------- model
@@ -84,7 +99,7 @@ class ModelConfig(Section):
 
 
 # --------------------------------------------------------------------------- data
-class SourceConfig(Section):
+class SourceConfig(FileSection):
     """A data source: a local JSONL/JSON/CSV/Parquet file or a `datasets` hub id."""
 
     path: str = Field(
@@ -209,6 +224,12 @@ class DataConfig(Section):
         description="Pack several short examples into one sequence of up to max_seq_len tokens; attention stays "
                     "within each example and train.batch_size then counts packed sequences. Refused with "
                     "token_weighting, and for model code that ignores the position resets.",
+    )
+    empty_rows: Literal["skip", "error"] = Field(
+        "skip",
+        description="A row whose prompt or response is empty (it would teach nothing, or to answer nothing): "
+                    "skip leaves such rows out and counts them in one warning; error stops at the first, "
+                    "naming its line.",
     )
     split_by_length: bool = Field(
         True,
@@ -628,7 +649,7 @@ class MonitorConfig(Section):
 
 
 # --------------------------------------------------------------------------- eval
-class SuiteConfig(Section):
+class SuiteConfig(FileSection):
     """One evaluation suite: a kind and a data source with a column mapping."""
 
     kind: Literal["harmful", "over_refusal", "task", "capability"] = Field(
@@ -956,6 +977,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key or key.startswith("-"):
             raise UsageError(f"override '{item}': expected key.sub=value (e.g. train.max_steps=100)")
+        if "" in key.split("."):
+            raise UsageError(f"override '{item}': an empty name between dots in '{key}'; expected key.sub=value")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -999,11 +1022,15 @@ def _list_index(node: list, key: str, where: str) -> int:
 def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give a recipe YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: recipe file not found")
+    if not path.is_file():  # reading a FIFO would wait forever
+        raise UsageError(f"{path}: not a regular file (a pipe or a device); give a recipe YAML file")
     try:
         raw = path.read_bytes()
-        tree = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        tree = yaml.safe_load(text)
     except OSError as err:
         raise UsageError(f"{path}: cannot read the recipe: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
@@ -1019,6 +1046,28 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(tree, dict):
         raise UsageError(f"{path}: a recipe is a mapping of sections (model, data, train, ...)")
     return tree
+
+
+def _refuse_duplicate_keys(node: Any, path: Path, keys: tuple = ()) -> None:
+    """A key written twice in one mapping: YAML keeps the last silently, which hides a setting
+    (or a whole section) the user wrote."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, (*keys, str(index)))
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key is not None and key != "<<":  # `<<` merges an anchor; it is not a setting
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                dotted = ".".join((*keys, key))
+                raise UsageError(f"{path}:{line}: {dotted}: written twice (first on line {first_line[key]}); "
+                                 "keep one")
+            first_line[key] = line
+        _refuse_duplicate_keys(value_node, path, (*keys, str(key)))
 
 
 # --------------------------------------------------------------------------- composition
@@ -1126,7 +1175,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         # what an override sets is the command line's doing, not a base's: blame the recipe
         _forget(origins, tuple(keys))
         origins[tuple(keys)] = path
-    return validate_tree(tree, source=str(path), origins=origins)
+    recipe = validate_tree(tree, source=str(path), origins=origins)
+    _note_folders(recipe, origins, path)
+    return recipe
+
+
+def _note_folders(recipe: Recipe, origins: Origins, path: Path) -> None:
+    """Each data source learns the folder of the file that named it (for relative paths)."""
+    sources = [(("data", name, "path"), getattr(recipe.data, name)) for name in DataConfig.model_fields
+               if isinstance(getattr(recipe.data, name), SourceConfig)]
+    sources += [(("eval", "suites", index, "path"), suite) for index, suite in enumerate(recipe.eval.suites)]
+    for loc, section in sources:
+        found = _origin(loc, origins)
+        section._folder = (found[0] if found else path).parent
 
 
 def resolved_tree(path: str | Path) -> dict:

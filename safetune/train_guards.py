@@ -7,6 +7,7 @@ by stopping with one line saying why; an interruption leaves a checkpoint to res
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetune import checkpoint as ckpt
@@ -37,6 +38,24 @@ def install_sigterm(stop: dict):
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
         return None
+
+
+@contextmanager
+def interrupt_on_sigterm():
+    """Within: SIGTERM raises KeyboardInterrupt like Ctrl-C (after the loop, where no step can
+    agree to stop: saving final/ and the final evaluation), so it ends in one line, not silently."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Guards:

@@ -32,7 +32,7 @@ from safetune.data import BatchSchedule, build_training_data, length_groups, pac
 from safetune.distributed import Distributed, full_tensor
 from safetune.dry_run import rehearse
 from safetune.envinfo import collect_env
-from safetune.errors import SafetuneError
+from safetune.errors import Interrupted, SafetuneError
 from safetune.evaluation.generation import sharded_across
 from safetune.files import write_atomic
 from safetune.loss import next_token_loss
@@ -43,8 +43,9 @@ from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
 from safetune.rundir import FINAL_DIR, METRICS_LOG, RESOLVED_RECIPE, prepare_run_dir
+from safetune.runlock import unlock_run_dir
 from safetune.train_eval import ensure_baseline, final_report, mean_loss
-from safetune.train_guards import Guards, StopRequested, install_sigterm
+from safetune.train_guards import Guards, StopRequested, install_sigterm, interrupt_on_sigterm
 from safetune.train_setup import (build_model, build_optimizer, compile_for_training, count_steps, lr_multiplier,
                                   seed_everything, set_up_methods)
 from safetune.train_state import StateKeeper, TrainState
@@ -135,6 +136,8 @@ class Trainer:
         recipe = self.recipe
         self.data = build_training_data(recipe.data, self.tokenizer, recipe.train.seed)
         if self.dist.is_main:
+            for what, path in self.data.files.items():  # the files read, as found (relative paths have a search order)
+                self.say(f"{what}: {path}")
             for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
                 print(note, file=sys.stderr)
         # a data audit may drop harmful rows from data.train (every rank ends with rank 0's choice)
@@ -155,6 +158,9 @@ class Trainer:
         self.schedule = BatchSchedule(train_examples, recipe.train.batch_size * self.dist.world_size,
                                       recipe.train.seed, recipe.data.shuffle)
         self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch)
+        if recipe.train.warmup_steps >= self.total_steps and self.dist.is_main:
+            print(f"warning: train.warmup_steps ({recipe.train.warmup_steps}) is not shorter than the run "
+                  f"({self.total_steps} steps); the learning rate never reaches train.learning_rate", file=sys.stderr)
 
     def setup_methods(self, reference, dry_run: bool) -> None:
         """The methods' context, each method's setup, the parameters they freeze."""
@@ -200,7 +206,7 @@ class Trainer:
         elif self.dist.is_main:
             write_atomic(self.run_dir / RESOLVED_RECIPE, recipe.to_yaml())
             env = collect_env() | {"seed": recipe.train.seed, "device_used": str(self.device),
-                                   "processes": self.dist.world_size}
+                                   "processes": self.dist.world_size, "data_files": self.data.files}
             write_atomic(self.run_dir / "env.json", json.dumps(env, indent=2))
         if resume_from is None or not self.dist.is_main:
             # from here on randomness (dropout) differs per rank, as each rank sees other examples;
@@ -295,7 +301,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / METRICS_LOG,
                                   self.run_dir / "tensorboard" if recipe.output.tensorboard else None,
                                   enabled=self.dist.is_main)
-        guards = Guards(recipe, self.dist, keeper, self.metrics, self.run_dir)
+        guards = self.guards = Guards(recipe, self.dist, keeper, self.metrics, self.run_dir)
         previous_handler = install_sigterm(self.stop)
         self.model.train()
         if keeper.monitor and keeper.monitor.reference is None:
@@ -356,8 +362,23 @@ class Trainer:
 
     # ----------------------------------------------------------------------- the end
     def finish(self) -> RunResult:
-        recipe, step, wall_time = self.recipe, self.state.step, self.elapsed()
+        """final/, the summary and the safety report. Ctrl-C or SIGTERM before final/ is complete
+        leaves a resumable checkpoint; after, final/ stays and `safetune eval` writes the report."""
         final_dir = self.run_dir / FINAL_DIR
+        with interrupt_on_sigterm():
+            try:
+                summary = self.save_final(final_dir)
+            except KeyboardInterrupt:
+                self.guards.save_on_interrupt(self.command)
+            try:
+                return self.evaluate_final(final_dir, summary)
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted during the final evaluation; {final_dir} is complete. Write its "
+                                  f"safety report with: safetune eval {final_dir}") from None
+
+    def save_final(self, final_dir: Path) -> dict:
+        """The held-out loss, final/ and summary.json; returns the summary."""
+        step, wall_time = self.state.step, self.elapsed()
         # (FSDP: the held-out loss and the methods' sums over shards need every rank)
         eval_loss = mean_loss(self.model, self.data.eval, self.tokenizer, self.device) if self.dist.mirrored() else None
         methods = {m.name: m.summary() for m in self.methods} if self.dist.mirrored() else {}
@@ -368,14 +389,24 @@ class Trainer:
         except ckpt.NonFiniteWeights as err:
             raise SafetuneError(f"train: the final weights are not finite ({err}); the run diverged and "
                                 "final/ was not written. Lower train.learning_rate") from None
+        except ckpt.SaveFailed as err:
+            latest = ckpt.latest_checkpoint(self.run_dir)
+            kept = (f"the newest checkpoint on disk is {latest}; free space, then resume with: {self.command} --resume"
+                    if latest else "no checkpoint was saved (train.save_every is off); free space and train again")
+            raise SafetuneError(f"train: {err}: the weights of step {step} could not be saved; {kept}") from None
         summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
                    "skipped_steps": self.state.skipped_steps, "lr_scale": self.state.lr_scale,
                    "harmful_in_train": self.data.harmful_in_train, "train_examples": len(self.data.train),
                    "dropped_rows": self.data.dropped, "truncated_rows": self.data.truncated,
-                   "data_audit": self.audit, "methods": methods,
+                   "data_audit": self.audit, "methods": methods, "data_files": self.data.files,
                    "monitor": self.keeper.monitor.state_dict() if self.keeper.monitor else None}
         if self.dist.is_main:
             write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def evaluate_final(self, final_dir: Path, summary: dict) -> RunResult:
+        """The final safety report (when the recipe asks for one)."""
+        recipe, step, wall_time = self.recipe, summary["steps"], summary["wall_time_s"]
         report = None
         if recipe.eval.suites and recipe.eval.at_end:
             # the final evaluation needs every rank and rank 0 alone writes: under DDP each rank
@@ -389,16 +420,18 @@ class Trainer:
                          report=report if self.dist.is_main else None)
 
     def close(self) -> None:
-        """Leave the process group. The DDP wrapper goes first: its reducer holds the process
-        group, and if the reducer were the last holder, gloo's destructor would run under the GIL
-        and could deadlock with a gloo worker thread that needs the GIL to free a finished
-        collective's tensors (seen as an occasional hang of a rank at exit)."""
+        """Leave the process group, and let go of the run folder. The DDP wrapper goes first: its
+        reducer holds the process group, and if the reducer were the last holder, gloo's destructor
+        would run under the GIL and could deadlock with a gloo worker thread that needs the GIL to
+        free a finished collective's tensors (seen as an occasional hang of a rank at exit)."""
         if self.dist.enabled:
             self.train_model = None
             if getattr(self, "ctx", None) is not None:
                 self.ctx.train_model = None
             gc.collect()  # DDP modules sit in reference cycles: free the reducer now, not at exit
         self.dist.close()
+        if getattr(self, "run_dir", None) is not None:
+            unlock_run_dir(self.run_dir)
 
 
 def train(recipe: Recipe, *, resume: bool = False, dry_run: bool = False, show_progress: bool = True,

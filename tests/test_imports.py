@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                                       "safetune.lab", "safetune.lab.*"]),  # the lab's generator, tokenizer, classifier
     ("the recipe", ["safetune.recipe"]),
     ("small utilities", ["safetune", "safetune.errors", "safetune.files", "safetune.envinfo", "safetune.progress",
+                         "safetune.runlock",
                          "safetune.metrics", "safetune.checkpoint", "safetune.rundir", "safetune.model_layers"]),
 ]
 

@@ -109,7 +109,7 @@ def _source_fingerprint(source: str, hashes: FileHashes, revision: str | None = 
 
 def _suite_fingerprint(suite, hashes: FileHashes) -> dict:
     entry = suite.model_dump()
-    local = resolve_local_path(suite.path)
+    local = resolve_local_path(suite.path, suite.folder)
     if local is not None and local.is_file():
         entry["sha256"] = hashes.sha256(local)
     elif local is not None and local.is_dir():

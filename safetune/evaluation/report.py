@@ -29,8 +29,9 @@ from safetune.errors import SafetuneError
 from safetune.files import write_atomic
 from safetune.evaluation.suites import ANSWER_KINDS, REFUSAL_KINDS
 from safetune.recipe import GateConfig
+from safetune.rundir import SAFETY_REPORT
 
-REPORT_JSON = "safety_report.json"
+REPORT_JSON = SAFETY_REPORT  # the name rundir also knows it by
 REPORT_MD = "safety_report.md"
 OUTPUTS_JSONL = "outputs.jsonl"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safetune import __version__
-from safetune.checkpoint import verify_checkpoint
 from safetune.errors import GateFailed, SafetuneError, UsageError
 from safetune.evaluation.baseline_cache import baseline_key, baselines_dir, reuse_baseline, store_baseline
 from safetune.evaluation.generation import generate
@@ -269,10 +268,10 @@ def run_eval(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise UsageError(f"{checkpoint}: checkpoint folder not found")
-    check_model_folder(checkpoint, "checkpoint")  # a folder that is no model fails before any baseline is computed
-    damaged = verify_checkpoint(checkpoint)
-    if damaged:
-        raise SafetuneError(f"eval: {damaged}; this checkpoint cannot be trusted")
+    # a folder that is no model (or whose weights are damaged) fails before any baseline is computed
+    check_model_folder(checkpoint, "checkpoint")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UsageError(f"--out: {out_dir} is a file; give a folder for the report")
     found_run = find_run_dir(checkpoint)
     if recipe_path is None:
         if found_run is None:

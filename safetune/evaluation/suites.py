@@ -54,7 +54,7 @@ def suite_label(config: SuiteConfig) -> str:
 
 def load_suite(config: SuiteConfig) -> Suite:
     label = suite_label(config)
-    records = read_records(config.path, split=config.split, what=label, fmt=config.format)
+    records = read_records(config.path, split=config.split, what=label, fmt=config.format, folder=config.folder)
     rows: list[SuiteRow] = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
