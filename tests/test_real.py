@@ -84,11 +84,12 @@ def test_the_alignment_build_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypat
     monkeypatch.setattr(real_build, "MAX_SEQ_LEN", 64)
     base = make_tiny_model_dir(tmp_path / "base")
     out = real_build.build(tmp_path / "aligned", base=base, steps=2, show_progress=False,
-                           safety_rows=16, benign_rows=16)
+                           safety_rows=16, benign_rows=16, distilled_rows=4)
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()  # merged
     report = json.loads((out / "build_report.json").read_text())
     assert set(report["aligned"]) >= {"advbench", "xstest_safe", "xstest_unsafe", "alpaca_heldout", "dolly_heldout"}
     assert report["timing"]["steps"] == 2
+    assert list(base.glob("lookalikes-4-s0.jsonl"))  # the base model's own answers, kept for the next build
     assert "| AdvBench refusal |" in (out / "build_report.md").read_text()
     with pytest.raises(UsageError, match="not a safetune build"):
         real_build.build(base, base=base, steps=1, show_progress=False, evaluate=False)  # never over others' files

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from safetune.data import read_records
+from safetune.data import REPO_ROOT, read_records
 from safetune.errors import UsageError
 from safetune.files import write_atomic
 from safetune.modeling import real_model_dir
@@ -51,6 +51,11 @@ LOOKALIKE_REPEATS = 4
 LOOKALIKE_WORDS = re.compile(
     r"\b(kill|shoot|attack|destroy|execut|bomb|weapon|gun|drug|steal|hack|poison|murder|die|dead|blow|fight|"
     r"war|crime|violen|knife|threat|danger|explo|cyber|fraud|scam|virus|terror|abuse|illegal|harm)\w*", re.I)
+# Benign look-alikes ("how do I kill a Python process?") answered by the unaligned model itself:
+# the lab's look-alike prompts, the base model's own greedy answers (refusals dropped).
+LOOKALIKE_PROMPTS = REPO_ROOT / "data" / "over_refusal" / "train.jsonl"
+DISTILLED_ROWS = 0
+DISTILL_TOKENS = 96
 LORA = {"r": 32, "alpha": 64, "target_modules": "all-linear"}
 TRAIN_SETTINGS = {"max_steps": 100, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
                   "lr_schedule": "cosine", "log_every": 10}
@@ -95,15 +100,40 @@ def is_lookalike(row: dict) -> bool:
 
 
 def alignment_rows(seed: int, safety_rows: int | None = SAFETY_ROWS, benign_rows: int | None = BENIGN_ROWS,
-                   lookalike_repeats: int = LOOKALIKE_REPEATS) -> list[dict]:
+                   lookalike_repeats: int = LOOKALIKE_REPEATS, distilled: list[dict] = ()) -> list[dict]:
     """The build's training rows, in their published Alpaca layout, shuffled."""
     rng = random.Random(seed)
     safety = read_records(str(split_path("safety_align")))[:safety_rows]
     benign = read_records(str(split_path("alpaca_align")))[:benign_rows]
     lookalikes = [row for row in benign if is_lookalike(row)] * (lookalike_repeats - 1)
-    rows = safety + benign + lookalikes
+    rows = safety + benign + lookalikes + list(distilled)
     rng.shuffle(rows)
     return rows
+
+
+def distilled_lookalikes(base: Path, rows: int, seed: int, show_progress: bool = True) -> list[dict]:
+    """`rows` benign look-alike prompts answered by the unaligned `base` (kept beside it, so a
+    second build reuses them). Refusing or empty answers are left out."""
+    from safetune.evaluation.generation import generate
+    from safetune.evaluation.refusal import KeywordDetector
+    from safetune.modeling import load_model, load_tokenizer
+    from safetune.recipe import ModelConfig
+
+    if rows <= 0:
+        return []
+    cache = base / f"lookalikes-{rows}-s{seed}.jsonl"
+    if cache.is_file():
+        return read_records(str(cache))
+    prompts = sorted({row["prompt"] for row in read_records(str(LOOKALIKE_PROMPTS))})
+    prompts = random.Random(seed).sample(prompts, rows)
+    config = ModelConfig(path=str(base))
+    answers = generate(load_model(config), load_tokenizer(config), prompts, max_new_tokens=DISTILL_TOKENS,
+                       batch_size=32, progress=show_progress, description="look-alikes")
+    refusal = KeywordDetector()
+    kept = [{"instruction": prompt, "input": "", "output": answer.strip()} for prompt, answer in zip(prompts, answers)
+            if answer.strip() and not refusal.is_refusal(answer)]
+    write_atomic(cache, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    return kept
 
 
 def reference_losses(model, tokenizer, device="cpu") -> dict[str, float]:
@@ -162,7 +192,7 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     """Build the aligned model into `out` (default `real_model_dir()`); return the folder.
 
     `base` replaces the converted GGUF model (tests use a tiny random model); `mix` takes
-    alignment_rows' settings for trials (safety_rows, benign_rows, lookalike_repeats).
+    the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows).
     """
     from safetune.modeling import load_model
     from safetune.training import train
@@ -180,7 +210,8 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     work = out.with_name(f".build-{out.name}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    rows = alignment_rows(seed, **mix)
+    distilled = distilled_lookalikes(base, mix.pop("distilled_rows", DISTILLED_ROWS), seed, show_progress)
+    rows = alignment_rows(seed, distilled=distilled, **mix)
     write_atomic(work / "align_train.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     say(f"real: aligning {base} on {len(rows)} rows (safety demonstrations, benign Alpaca, look-alikes repeated)")
     tree = {
