@@ -1,13 +1,14 @@
 # safetune — every target installs what it needs into .venv first.
 #   make demo   the lab demo: build the tiny aligned model, fine-tune it, report safety
 #   make test   the test suite (fast; what CI runs first)
+#   make docs   the docs site (mkdocs build --strict) into site/
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU wheel on this kind of machine. On a GPU machine: make setup TORCH="torch --index-url <your CUDA index>"
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo test test-slow test-all bench docs clean
 
 # pytest exits 5 when it collected no tests: a broken suite, never a pass.
 PYTEST = status=0; $(BIN)/python -m pytest -q $(1) || status=$$?; \
@@ -53,5 +54,12 @@ bench: setup
 	# the cost table: each method's step time / standard's, interleaved blocks in one process (bench/results/methods.md)
 	$(BIN)/python bench/bench_methods.py
 
+# The docs site: the recipe reference is regenerated from the code first, then a strict
+# build (a broken link or a page missing from the nav fails).
+docs: setup
+	$(BIN)/pip install --quiet -e ".[docs]"
+	$(BIN)/python -m safetune.docgen
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

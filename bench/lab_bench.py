@@ -14,8 +14,8 @@ model's baseline is evaluated once per task and copied into every run. Figures p
 (task, config, setting): mean ± std over seeds (and the minimum) of harmful refusal,
 retained fraction, worst category, over-refusal, task, capability and per-suite rates;
 step time and peak memory relative to `standard` in the same bench. Writes
-bench/results/lab.json, lab.md, lab_scatter.png, lab_overhead.png and regenerates the
-README's Results section.
+bench/results/lab.json, lab.md, lab_scatter.png, lab_overhead.png and regenerates
+the table of docs/results.md (the docs site's Results page).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def readme_table(summary: list[dict], baselines: dict, meta: dict) -> str:
     lines = [f"`{meta['command']}` — {meta['machine']}; {meta['seconds']:.0f} s in all{segments(meta)}. Each cell: harmful "
              f"refusal retained (refusal / baseline, mean ± std over seeds {meta['seeds']}) · over-refusal "
              f"(mean). Baseline refusal / over-refusal: {bases}. Full tables (min, worst category, task, "
-             "capability, memory): [bench/results/lab.md](bench/results/lab.md).", ""]
+             "capability, memory): `bench/results/lab.md`.", ""]
     rows, keys = [], []
     for entry in summary:
         if (entry["config"], entry["setting"]) not in keys:
@@ -296,7 +296,8 @@ def readme_table(summary: list[dict], baselines: dict, meta: dict) -> str:
 
 
 def update_readme(body: str) -> None:
-    readme = ROOT / "README.md"
+    """Rewrite the table between the lab-bench markers of the docs site's Results page."""
+    readme = ROOT / "docs" / "results.md"
     text = readme.read_text(encoding="utf-8")
     if README_START not in text:
         return
@@ -317,7 +318,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1 task, 3 configs, 1 seed, 40 steps")
     parser.add_argument("--override", action="append", default=[], help="recipe override for every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's Results section")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the table of docs/results.md")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the tables and plots go")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the runs already in <out>/rows.jsonl (same overrides) instead of running them again")

@@ -212,7 +212,7 @@ def test_knowledge_covers_held_out_words_like_seen_ones(committed):
         return [len(re.findall(r"(?<!\w)" + re.escape(i.lower()) + r"(?!\w)", text)) for i in items]
 
     # Facts are drawn at random over ~1,840 items, so a few are left out by chance (drawing them
-    # in rounds over every item was tried: it built a model with lower capability, docs/status.md).
+    # in rounds over every item was tried: it built a model with lower capability, docs/research-notes.md).
     seen = [n for spec in HARM_LEXICON.values() for n in mentions(spec["targets"])]
     unseen = [n for spec in HARM_LEXICON.values() for n in mentions(spec["targets_unseen"])]
     assert sum(n > 0 for n in unseen) >= 0.9 * len(unseen)

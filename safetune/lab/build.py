@@ -40,7 +40,7 @@ DATA_DIR = REPO_ROOT / "data"
 # What the aligned model learns: everyday skills, refusing harm, and NOT refusing benign look-alikes.
 # file -> how many times its rows go into the mix. Capability rows are short and easily
 # crowded out by the vocabulary facts; the benign look-alikes twice, so that unfamiliar
-# wording alone does not make the model refuse (docs/status.md, lab trials of session 16).
+# wording alone does not make the model refuse (docs/research-notes.md, "The lab model").
 ALIGNMENT_FILES = {"knowledge/facts.jsonl": 1, "capability/train.jsonl": 5, "safety/train.jsonl": 1,
                    "over_refusal/train.jsonl": 2}
 # The size checked to reach the lab's targets in a few CPU minutes (about 2.6M parameters).

@@ -31,7 +31,7 @@ Options (both spaces):
   s and leave the k - 1 steps after it alone. On the lab (k = 24, `restore: 16`) the cached
   s drifts away from the current one within the window (cosine with a fresh 192-example s:
   0.6-0.85 one step after a refresh, -0.25 to 0.56 at its end; bench/safety_gradient_noise.py),
-  projecting against it changed no refusal figure (docs/methods.md, "Session 18"), and it
+  projecting against it changed no refusal figure (docs/research-notes.md), and it
   costs every step a pass over s.
 - `safety_average: β`: the cached s is an exponential average over recomputations,
   s <- β s + (1-β) s_new (less noise from the small safety batches; 0 = the latest s).
