@@ -262,6 +262,15 @@ def evaluate(
     print_verdict(report)
 
 
+def require_positive(flags: dict[str, int | None]) -> None:
+    """Counts given on the command line (threads, steps) must be 1 or more."""
+    from safetune.errors import UsageError
+
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{flag}: give 1 or more (got {value})")
+
+
 def check_gate_flags(gate: dict[str, float]) -> None:
     """A gate flag out of range is the flag's fault, not the recipe's: name the flag."""
     from pydantic import ValidationError
@@ -338,6 +347,7 @@ def lab_build(
     from safetune.lab.build import build
     from safetune.lab.classifier import build_classifier, lab_classifier_dir
 
+    require_positive({"--threads": threads, "--steps": steps})
     folder = build(out, seed=seed, steps=steps, show_progress=not quiet, threads=threads)
     if classifier:  # beside the model: used by `judge: lab`, the data audit and token weighting
         target = folder.with_name(folder.name + "-classifier") if out else lab_classifier_dir()

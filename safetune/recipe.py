@@ -936,6 +936,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _method_combination(self) -> "Recipe":
         names = [m.name for m in self.method]
+        if not names:
+            raise ValueError("method: give at least one method (standard for plain fine-tuning)")
         if len(set(names)) != len(names):
             raise ValueError(f"method: each method may appear once (got {names})")
         if "standard" in names and len(names) > 1:

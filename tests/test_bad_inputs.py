@@ -163,6 +163,12 @@ CASES = [
         files={"pipe.yaml": FIFO}),
     row("override-empty-segment", "validate {recipe} train..x=1", 2,
         "override 'train..x=1': an empty name between dots in 'train..x'; expected key.sub=value"),
+    row("method-list-empty", "validate {recipe} method=[]", 2,
+        "method: give at least one method (standard for plain fine-tuning)"),
+    row("eval-baseline-flag-missing", "eval {model} --recipe {recipe} --baseline {tmp}/nope.json", 2,
+        "--baseline: {tmp}/nope.json: no safety report here", absent="{tmp}/run/baseline"),
+    row("lab-build-threads-zero", "lab build --out {tmp}/lab --threads 0 --no-classifier --quiet", 2,
+        "--threads: give 1 or more (got 0)", absent="{tmp}/lab"),
     row("warmup-longer-than-the-run", DRY + " train.warmup_steps=5", 0,
         "warning: train.warmup_steps (5) is not shorter than the run (1 steps); the learning rate never reaches "
         "train.learning_rate"),

@@ -283,7 +283,10 @@ def run_eval(
     run_dir = found_run or recipe.output_dir()  # where the baseline lives
 
     if baseline_path is not None:
-        baseline = read_report(baseline_path)
+        try:
+            baseline = read_report(baseline_path)
+        except SafetuneError as err:  # the flag's value is what is wrong: name the flag
+            raise UsageError(f"--baseline: {err}") from None
     else:
         device = pick_device(recipe.train.device)
         baseline = (current_baseline(run_dir, recipe, device, say=print if progress else lambda *_: None)
