@@ -69,5 +69,15 @@ def test_a_damaged_entry_is_encoded_again(cache, tokenizer):
 def test_an_unwritable_cache_only_costs_the_time(tmp_path, monkeypatch, tokenizer):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("SAFETUNE_CACHE", str(blocker))  # a file where a folder should be
+    monkeypatch.setenv("SAFETUNE_CACHE", str(blocker / "cache"))  # below a file: nothing can be written there
     assert encode_chats_cached(CHATS, tokenizer) == encode_chats(CHATS, tokenizer)
+
+
+def test_a_cache_variable_naming_a_file_is_one_line(tmp_path, monkeypatch, tokenizer):
+    from safetune.errors import UsageError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SAFETUNE_CACHE", str(blocker))  # a mistake, not a full disk: say so
+    with pytest.raises(UsageError, match="SAFETUNE_CACHE: .*file is a file, not a folder"):
+        encode_chats_cached(CHATS, tokenizer)
