@@ -100,3 +100,27 @@ _REAL_SUITES = real_build.real_suites
 
 def _suites():
     return _REAL_SUITES()
+
+
+@pytest.mark.slow
+def test_real_bench_runs_a_setting_end_to_end_on_a_tiny_stand_in(tmp_path):
+    """`python bench/real_bench.py` with a tiny model as the aligned model: rows, table and ratios."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    model = make_tiny_model_dir(tmp_path / "aligned")
+    env = os.environ | {"SAFETUNE_REAL_MODEL": str(model), "SAFETUNE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "real_bench.py"), "--settings", "aoa", "--configs", "standard,mix",
+         "--threads", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+         "--override", "train.max_steps=2", "--override", "data.max_seq_len=64",
+         "--override", "eval.suites.0.limit=4", "--override", "eval.max_new_tokens=4"],
+        capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "real.json").read_text())["summary"]
+    assert [entry["config"] for entry in summary] == ["standard", "mix"]
+    assert summary[1]["step_time_ratio"] > 0 and summary[0]["general_ratio"]["n"] == 1
+    assert "| aoa | mix | 1 |" in (tmp_path / "results" / "real.md").read_text()
