@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model, data, loss, processes", ["safetune.modeling", "safetune.gguf", "safetune.data", "safetune.loss",
                                       "safetune.distributed",
                                       "safetune.lab", "safetune.lab.*"]),  # the lab's generator, tokenizer, classifier
+    ("the recipe's reference (the docs page, `safetune explain`)", ["safetune.docgen"]),
     ("the recipe", ["safetune.recipe"]),
     ("small utilities", ["safetune", "safetune.errors", "safetune.files", "safetune.envinfo", "safetune.progress",
                          "safetune.runlock",
