@@ -63,7 +63,9 @@ class LoraSettings(Section):
 class ModelConfig(Section):
     path: str = Field(
         description="The model to fine-tune: a local Hugging Face folder, a hub id (downloaded, or read from the "
-                    "local hub cache), or `lab` for the lab's tiny aligned model (`safetune lab build`).",
+                    "local hub cache), a `.gguf` file (llama.cpp's format, dequantized on load; needs the `gguf` "
+                    "package; checkpoints are saved as safetensors), `lab` for the lab's tiny aligned model "
+                    "(`safetune lab build`) or `real` for the aligned SmolLM2-135M-Instruct (`safetune real build`).",
     )
     lora: LoraSettings | None = Field(
         None,
