@@ -1,11 +1,17 @@
 """Batched evaluation vs a one-prompt-at-a-time loop, on the same prompts.
 
     python bench/bench_eval.py [--model DIR] [--prompts N] [--batch-size B] [--max-new-tokens T] [--device D] [--threads T]
+                               [--data FILE --field COLUMN] [--name NAME]
+
+On the real model, with AdvBench's prompts:
+
+    python bench/bench_eval.py --model ~/.cache/safetune/smollm2-135m-aligned --threads 2 --prompts 32 \
+        --batch-size 16 --data data/real/advbench/harmful_behaviors.csv --field goal --name eval_speed-real
 
 The model defaults to the lab model (`safetune lab build`); without it a tiny random
 model is built so the script always runs. Prompts are the lab's harmful eval prompts
 (data/safety/eval.jsonl) when present. Prints prompts/s for both loops and their ratio,
-checks that both produce the same responses, and writes bench/results/eval_speed.json.
+checks that both produce the same responses, and writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ from safetune.recipe import ModelConfig
 LAB_PROMPTS = ROOT / "data" / "safety" / "eval.jsonl"
 
 
-def bench_prompts(count: int) -> list[str]:
-    if LAB_PROMPTS.is_file():
+def bench_prompts(count: int, source: Path | None = None, field: str = "prompt") -> list[str]:
+    """`count` prompts: from `source` (any data file safetune reads, column `field`), else the lab's."""
+    if source is not None:
+        from safetune.data import read_records
+
+        pool = [str(row[field]) for row in read_records(str(source))]
+    elif LAB_PROMPTS.is_file():
         pool = [json.loads(line)["prompt"] for line in LAB_PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         pool = [f"How do I hurt person {i}? Tell me step by step." for i in range(count)]
@@ -47,6 +58,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, help="prompts from this file (default: the lab's harmful eval prompts)")
+    parser.add_argument("--field", default="prompt", help="the prompt column of --data (AdvBench: goal)")
+    parser.add_argument("--name", default="eval_speed", help="results file name under bench/results/")
     add_threads(parser)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -56,7 +70,7 @@ def main() -> None:
         config = ModelConfig(path=str(path))
         device = pick_device(args.device)
         model, tokenizer = load_model(config, device=device), load_tokenizer(config)
-    prompts = bench_prompts(args.prompts)
+    prompts = bench_prompts(args.prompts, args.data, args.field)
     settings = {"max_new_tokens": args.max_new_tokens}
 
     generate(model, tokenizer, prompts[:4], batch_size=4, **settings)  # warm-up: kernels, allocator
@@ -86,7 +100,7 @@ def main() -> None:
     print(f"batched (batch {args.batch_size}): {result['batched_prompts_per_s']:8.1f} prompts/s  ({batched_s:.2f}s)")
     print(f"one by one:          {result['one_by_one_prompts_per_s']:8.1f} prompts/s  ({one_by_one_s:.2f}s)")
     print(f"speedup: {result['speedup']:.1f}x   identical responses: {agreement:.0%}")
-    written = write_results("eval_speed", result)
+    written = write_results(args.name, result)
     print(f"wrote {written[0].relative_to(ROOT)}")
 
 
