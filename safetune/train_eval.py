@@ -11,6 +11,7 @@ import torch
 
 from safetune.data import IGNORE_INDEX, Example, collate
 from safetune.distributed import Distributed
+from safetune.evaluation.generation import sharded_across
 
 
 def mean_loss(model, examples: list[Example], tokenizer, device, batch_size: int = 16) -> float | None:
@@ -47,6 +48,18 @@ def ensure_baseline(recipe, run_dir: Path, model, tokenizer, show_progress: bool
     run_baseline(recipe, show_progress and dist.is_main, out_dir=baseline_dir(run_dir), model=model,
                  tokenizer=tokenizer, broadcast=dist.agree, write=dist.is_main)
     model.train()
+
+
+def final_evaluation(recipe, dist: Distributed, run_dir: Path, final_dir: Path, model, tokenizer, summary: dict,
+                     show_progress: bool) -> dict | None:
+    """`final_report` when the recipe asks for one (else None), called on every rank: under DDP each
+    rank answers its share of the prompts (`sharded_across`), under FSDP every model pass needs
+    every rank's shards (which the checkpoint first sent to rank 0). Rank 0 alone writes."""
+    if not (recipe.eval.suites and recipe.eval.at_end):
+        return None
+    with sharded_across(dist):
+        return final_report(recipe, run_dir, final_dir, model, tokenizer, summary, show_progress,
+                            write=dist.is_main)
 
 
 def final_report(recipe, run_dir: Path, final_dir: Path, model, tokenizer, summary: dict, show_progress: bool,

@@ -74,6 +74,17 @@ class Guards:
         self.monitor.reference = result.reference
         return result
 
+    def start(self, say) -> None:
+        """Before the first step: the monitor's reference probe (unless a resume brought one back),
+        and the rollback target until a later probe passes (after a resume: the resumed state)."""
+        if not self.monitor:
+            return
+        if self.monitor.reference is None:
+            first = self.probe(self.keeper.state.step)
+            self.metrics.write(first.record())
+            say(first.describe())
+        self.monitor.remember(self.keeper.capture())
+
     def probe_safety(self, step: int, bar) -> None:
         """A probe; on a breach, `monitor.on_breach`: warn, stop, or roll back to the last passing state."""
         result = self.probe(step)

@@ -1,22 +1,28 @@
 """The parts a training run is built from, each made from the recipe: the model (LoRA,
 gradient checkpointing, FSDP's sharded loading, a frozen reference copy), the methods'
-set-up, the number of steps, the optimizer and its learning-rate schedule. `Trainer.setup`
-puts them together.
+set-up, the number of steps, the optimizer and its learning-rate schedule, a new run's first
+files. `Trainer.setup` puts them together (the data is `train_data`'s).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
+import sys
+from pathlib import Path
 
 import torch
 
 from safetune.distributed import Distributed
+from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError
+from safetune.files import write_atomic
 from safetune.methods import MethodContext, SafetyMethod
 from safetune.modeling import add_lora, build_empty_model, load_model
 from safetune.recipe import Recipe
+from safetune.rundir import RESOLVED_RECIPE
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +90,13 @@ def enable_gradient_checkpointing(model) -> None:
         model.enable_input_require_grads()  # LoRA: frozen embeddings must still pass gradients on
 
 
+def training_model(recipe: Recipe, dist: Distributed, model, device: torch.device) -> torch.nn.Module:
+    """What the task passes run through: `model` in DDP's wrapper when distributed (FSDP shards the
+    model itself), compiled when train.compile asks."""
+    wrapped = dist.wrap(model, device)
+    return compile_for_training(wrapped) if recipe.train.compile else wrapped
+
+
 def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile'd view of `model` (same parameters) for the task forward pass only.
 
@@ -111,10 +124,16 @@ def set_up_methods(methods: list[SafetyMethod], ctx: MethodContext, model) -> li
 
 
 # --------------------------------------------------------------------------- steps and optimizer
-def count_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+def count_steps(recipe: Recipe, batches_per_epoch: int, warn: bool = False) -> int:
+    """The run's optimizer steps; `warn` (rank 0): say so when the warmup fills the whole run."""
     if recipe.train.max_steps is not None:
-        return recipe.train.max_steps
-    return max(1, math.ceil(recipe.train.epochs * batches_per_epoch / recipe.train.grad_accum))
+        total = recipe.train.max_steps
+    else:
+        total = max(1, math.ceil(recipe.train.epochs * batches_per_epoch / recipe.train.grad_accum))
+    if warn and recipe.train.warmup_steps >= total:
+        print(f"warning: train.warmup_steps ({recipe.train.warmup_steps}) is not shorter than the run "
+              f"({total} steps); the learning rate never reaches train.learning_rate", file=sys.stderr)
+    return total
 
 
 def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
@@ -122,6 +141,13 @@ def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: to
     fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas,
                              weight_decay=recipe.train.weight_decay, fused=fused)
+
+
+def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int):
+    """The learning-rate schedule: warmup, then train.lr_schedule over the run."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, total_steps)
+    )
 
 
 def lr_multiplier(schedule: str, warmup: int, total: int):
@@ -136,3 +162,13 @@ def lr_multiplier(schedule: str, warmup: int, total: int):
         return 1.0
 
     return factor
+
+
+# --------------------------------------------------------------------------- the run folder
+def write_run_files(run_dir: Path, recipe: Recipe, device: torch.device, processes: int,
+                    data_files: dict[str, str]) -> None:
+    """A new run's first files: the recipe as resolved, and env.json (versions, device, data files)."""
+    write_atomic(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
+    env = collect_env() | {"seed": recipe.train.seed, "device_used": str(device),
+                           "processes": processes, "data_files": data_files}
+    write_atomic(run_dir / "env.json", json.dumps(env, indent=2))

@@ -137,6 +137,21 @@ class StateKeeper:
         finally:
             self.dist.barrier()
 
+    def save_final(self, run_dir: Path, final_dir: Path, command: str) -> None:
+        """The trained weights into `final_dir` (no training state). When they cannot be written the
+        run ends in one line that says what is left to resume from (`command`: how it was started)."""
+        try:
+            self.save(final_dir, with_state=False)
+        except ckpt.NonFiniteWeights as err:
+            raise SafetuneError(f"train: the final weights are not finite ({err}); the run diverged and "
+                                "final/ was not written. Lower train.learning_rate") from None
+        except ckpt.SaveFailed as err:
+            latest = ckpt.latest_checkpoint(run_dir)
+            kept = (f"the newest checkpoint on disk is {latest}; free space, then resume with: {command} --resume"
+                    if latest else "no checkpoint was saved (train.save_every is off); free space and train again")
+            raise SafetuneError(f"train: {err}: the weights of step {self.state.step} could not be saved; "
+                                f"{kept}") from None
+
     def save_periodic(self, run_dir: Path, step: int, warn) -> None:
         """The `train.save_every` checkpoint of `step` (then the oldest pruned); `warn(line)` says
         why when it is not written."""

@@ -7,9 +7,11 @@ Shaped like a torchtune recipe: a `Trainer` with a lifecycle you can read top to
     fit()         the loop: steps, logging, safety probes, checkpoints, divergence guard
     finish()      final checkpoint, held-out loss, summary, safety report
 
-with the library beside it: the parts it is built from (`train_setup`), the one state object
-that checkpoints, resumes and rollbacks go through (`train_state`), what it does when a run
-goes wrong (`train_guards`), the evaluation it calls (`train_eval`) and the dry run (`dry_run`).
+with the library beside it: the parts it is built from (`train_setup`), the data, its audit
+and the batch schedule (`train_data`), the mechanics of a step: micro-batches, DDP/FSDP, mixed
+precision (`train_step`), the one state object that checkpoints, resumes and rollbacks go
+through (`train_state`), what it does when a run goes wrong (`train_guards`), the evaluation
+it calls (`train_eval`) and the dry run (`dry_run`).
 """
 
 from __future__ import annotations
@@ -17,40 +19,33 @@ from __future__ import annotations
 import gc
 import json
 import signal
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from safetune import checkpoint as ckpt
-from safetune.audit import audit_training_data
-from safetune.data import BatchSchedule, build_training_data, length_groups, pack_examples, prepare_packing
-from safetune.distributed import Distributed, full_tensor
+from safetune.distributed import Distributed
 from safetune.dry_run import rehearse
-from safetune.envinfo import collect_env
-from safetune.errors import Interrupted, SafetuneError
-from safetune.evaluation.generation import sharded_across
+from safetune.errors import Interrupted
 from safetune.files import write_atomic
-from safetune.loss import next_token_loss
 from safetune.methods import MethodContext, SafetyMethod, build_methods
 from safetune.metrics import MetricsLog, trim_after
 from safetune.modeling import load_tokenizer, model_source, pick_device
 from safetune.monitor import SafetyMonitor
 from safetune.progress import TrainingProgress
 from safetune.recipe import Recipe
-from safetune.rundir import FINAL_DIR, METRICS_LOG, RESOLVED_RECIPE, prepare_run_dir
+from safetune.rundir import FINAL_DIR, METRICS_LOG, prepare_run_dir
 from safetune.runlock import unlock_run_dir
-from safetune.train_eval import ensure_baseline, final_report, mean_loss
+from safetune.train_data import batch_schedule, load_training_data
+from safetune.train_eval import ensure_baseline, final_evaluation, mean_loss
 from safetune.train_guards import Guards, StopRequested, install_sigterm, interrupt_on_sigterm
-from safetune.train_setup import (build_model, build_optimizer, compile_for_training, count_steps, lr_multiplier,
-                                  seed_everything, set_up_methods)
+from safetune.train_setup import (build_model, build_optimizer, build_scheduler, count_steps, seed_everything,
+                                  set_up_methods, training_model, write_run_files)
 from safetune.train_state import StateKeeper, TrainState
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from safetune.train_step import (accumulate_gradients, agree_on_step, clip_gradients, micro_batches, mixed_precision,
+                                 summed_over_ranks)
 
 
 @dataclass
@@ -60,22 +55,6 @@ class RunResult:
     steps: int
     wall_time_s: float
     report: dict | None = None
-
-
-def compute_loss(methods: list[SafetyMethod], ctx: MethodContext, model, batch) -> torch.Tensor:
-    """The task loss (a method may own it) plus every method's extra term."""
-    loss = None
-    for method in methods:
-        loss = method.loss(ctx, batch)
-        if loss is not None:
-            break
-    if loss is None:
-        loss = next_token_loss(model, batch)
-    for method in methods:
-        extra = method.extra_loss(ctx, batch)
-        if extra is not None:
-            loss = loss + extra
-    return loss
 
 
 class Trainer:
@@ -118,7 +97,11 @@ class Trainer:
         self.methods: list[SafetyMethod] = build_methods(recipe.method)
         wants_reference = any(m.needs_reference_model for m in self.methods)
         self.model, reference = build_model(recipe, self.dist, self.device, wants_reference)
-        self.setup_data(dry_run)
+        # the audit of data.train runs while the model is still the aligned one
+        self.data, self.audit = load_training_data(recipe, self.dist, self.model, self.tokenizer, self.device,
+                                                   None if dry_run else self.run_dir, self.say)
+        self.schedule = batch_schedule(recipe, self.data.train, self.model, self.dist.world_size)
+        self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch, warn=self.dist.is_main)
         # the untouched model's safety, so the final report can say what was kept
         if not dry_run and recipe.eval.suites and recipe.eval.at_end and self.dist.mirrored():
             ensure_baseline(recipe, self.run_dir, self.model, self.tokenizer, self.show_progress, self.dist)
@@ -129,38 +112,6 @@ class Trainer:
         self.setup_optimizer()
         if not dry_run:
             self.start_or_resume(resume_from)
-
-    def setup_data(self, dry_run: bool) -> None:
-        """Tokenised data, the audit of data.train (while the model is the aligned one), packing
-        and the batch schedule."""
-        recipe = self.recipe
-        self.data = build_training_data(recipe.data, self.tokenizer, recipe.train.seed)
-        if self.dist.is_main:
-            for what, path in self.data.files.items():  # the files read, as found (relative paths have a search order)
-                self.say(f"{what}: {path}")
-            for note in self.data.notes:  # dropped or truncated rows: shown even with --quiet
-                print(note, file=sys.stderr)
-        # a data audit may drop harmful rows from data.train (every rank ends with rank 0's choice)
-        everything = self.data.train
-        if self.dist.mirrored():
-            self.audit = audit_training_data(recipe, self.data, self.model, self.tokenizer, device=self.device,
-                                             run_dir=None if dry_run else self.run_dir, log=self.say,
-                                             broadcast=self.dist.agree, write=self.dist.is_main)
-        position = {id(example): i for i, example in enumerate(everything)}
-        kept = self.dist.broadcast([position[id(e)] for e in self.data.train] if self.dist.is_main else None)
-        self.audit = self.dist.broadcast(self.audit if self.dist.is_main else None)
-        self.data.train = [everything[i] for i in kept]
-        train_examples = self.data.train  # what the batches are drawn from: read only after the audit
-        if recipe.data.packing:  # batches of packed sequences; the examples themselves stay as they are
-            prepare_packing(self.model)
-            train_examples = pack_examples(train_examples, recipe.data.max_seq_len, recipe.train.seed)
-        # the GLOBAL micro-batch (batch_size per process x processes); each rank trains on its slice
-        self.schedule = BatchSchedule(train_examples, recipe.train.batch_size * self.dist.world_size,
-                                      recipe.train.seed, recipe.data.shuffle)
-        self.total_steps = count_steps(recipe, self.schedule.batches_per_epoch)
-        if recipe.train.warmup_steps >= self.total_steps and self.dist.is_main:
-            print(f"warning: train.warmup_steps ({recipe.train.warmup_steps}) is not shorter than the run "
-                  f"({self.total_steps} steps); the learning rate never reaches train.learning_rate", file=sys.stderr)
 
     def setup_methods(self, reference, dry_run: bool) -> None:
         """The methods' context, each method's setup, the parameters they freeze."""
@@ -179,16 +130,10 @@ class Trainer:
         and the state object that holds them all."""
         recipe = self.recipe
         self.optimizer = build_optimizer(recipe, self.trainable, self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_multiplier(recipe.train.lr_schedule, recipe.train.warmup_steps, self.total_steps)
-        )
+        self.scheduler = build_scheduler(recipe, self.optimizer, self.total_steps)
         self.ctx.optimizer = self.optimizer
-        self.train_model = self.ctx.train_model = self.dist.wrap(self.model, self.device)
-        if recipe.train.compile:
-            self.train_model = self.ctx.train_model = compile_for_training(self.train_model)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(recipe.train.precision)
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=recipe.train.precision == "fp16")
+        self.train_model = self.ctx.train_model = training_model(recipe, self.dist, self.model, self.device)
+        self.autocast_dtype, self.scaler = mixed_precision(recipe.train.precision, self.device)
         self.keeper = StateKeeper(recipe, self.dist, self.device, self.model, self.tokenizer, self.optimizer,
                                   self.scheduler, self.scaler, self.methods, self.total_steps, self._segment_start)
 
@@ -204,10 +149,7 @@ class Trainer:
             self.say(f"resuming from {resume_from} (step {self.state.step}/{self.total_steps})"
                      + (f"; {dropped} later metrics rows trimmed" if dropped else ""))
         elif self.dist.is_main:
-            write_atomic(self.run_dir / RESOLVED_RECIPE, recipe.to_yaml())
-            env = collect_env() | {"seed": recipe.train.seed, "device_used": str(self.device),
-                                   "processes": self.dist.world_size, "data_files": self.data.files}
-            write_atomic(self.run_dir / "env.json", json.dumps(env, indent=2))
+            write_run_files(self.run_dir, recipe, self.device, self.dist.world_size, self.data.files)
         if resume_from is None or not self.dist.is_main:
             # from here on randomness (dropout) differs per rank, as each rank sees other examples;
             # a resumed rank 0 continues with the generators saved in its checkpoint
@@ -215,64 +157,21 @@ class Trainer:
 
     # ----------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over `grad_accum` micro-batches. Returns tensors/values to log.
-
-        Each micro-batch's loss is weighted by its share of the step's trained tokens, so
-        the gradient is the per-token mean over the whole (global) step: the same on 1
-        process with batch B x N as on N processes with batch B. The loss stays a tensor
-        (no host sync); the one sync per step is a finiteness flag, so a diverging step
-        is skipped instead of poisoning the weights.
-        """
-        recipe, ctx, dist = self.recipe, self.ctx, self.dist
+        """One optimizer step over `grad_accum` micro-batches (the gradient: the per-token mean over
+        the whole global step). Returns tensors/values to log. A step whose loss or gradients are
+        not finite is skipped instead of poisoning the weights."""
+        recipe, ctx = self.recipe, self.ctx
         step = ctx.step = self.state.step
-        accum = recipe.train.grad_accum
-        micro_batches = []
-        for micro in range(accum):  # methods (e.g. mix) add to the global batch before it is sharded
-            micro_step = step * accum + micro
-            examples = self.schedule.batch(micro_step)
-            for method in self.methods:
-                examples = method.prepare_batch(ctx, examples, micro_step)
-            micro_batches.append(examples)
-        step_tokens = max(1, sum(e.trained_tokens for examples in micro_batches for e in examples))
-        loss_sum = torch.zeros((), device=self.device)
-        tokens = 0
-        # Each rank's share of a micro-batch, split in two by length when that saves much padding
-        # (mix's long replay rows beside short task rows). Not under FSDP: every pass there is a
-        # collective, so every rank must make the same number of passes.
-        split = recipe.data.split_by_length and not dist.sharded
-        passes = []
-        for examples in micro_batches:
-            mine = dist.shard(examples)
-            passes += length_groups(mine) if split else [mine]
-        for index, mine in enumerate(passes):
-            batch = ctx.batch_to_device(mine)
-            # DDP averages gradients over ranks: x world_size makes that average a token-weighted sum
-            weight = sum(e.trained_tokens for e in mine) / step_tokens * dist.world_size
-            # DDP: all-reduce on the last pass only. FSDP reduce-scatters every micro-batch:
-            # skipping it would keep every layer's whole gradient in memory, which FSDP exists to avoid.
-            skip_sync = index < len(passes) - 1 and dist.enabled and not dist.sharded
-            with (self.train_model.no_sync() if skip_sync else nullcontext()), self._autocast():
-                loss = compute_loss(self.methods, ctx, self.train_model, batch)
-            self.scaler.scale(loss * weight).backward()
-            loss_sum += loss.detach().float() * weight
-            tokens += sum(len(e.input_ids) for e in mine)  # counted on the host: no device sync
+        batches = micro_batches(self.schedule, self.methods, ctx, step, recipe.train.grad_accum)
+        loss, tokens = accumulate_gradients(batches, self.methods, ctx, self.train_model, self.scaler,
+                                            self.autocast_dtype, self.dist, recipe.data.split_by_length)
         self.scaler.unscale_(self.optimizer)  # methods and clipping see the true gradients
         logs: dict[str, Any] = {}
         for method in self.methods:
             logs.update(method.after_backward(ctx))
-        max_norm = recipe.train.max_grad_norm or float("inf")
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))  # FSDP: a DTensor
-        loss_value = loss_sum / dist.world_size
-        # every rank must take the same decisions: one all-reduce of [loss bad, grad bad, stop asked]
-        flags = torch.stack([~torch.isfinite(loss_value), ~torch.isfinite(grad_norm),
-                             torch.tensor(self.stop["signal"] is not None, device=self.device)]).float()
-        if dist.enabled:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        loss_ok, finite = not bool(flags[0]), not bool(flags[:2].max())
-        self.stop_agreed = bool(flags[2])
-        # fp16: non-finite gradients with a finite loss mean the loss scale overflowed, not
-        # divergence; the scaler skips the step and lowers the scale
-        diverged = not finite and not (self.scaler.is_enabled() and loss_ok)
+        grad_norm = clip_gradients(self.trainable, recipe.train.max_grad_norm)
+        finite, diverged, self.stop_agreed = agree_on_step(self.dist, loss, grad_norm,
+                                                           self.stop["signal"] is not None, self.scaler)
         if finite:
             for method in self.methods:
                 method.before_step(ctx)
@@ -288,12 +187,7 @@ class Trainer:
         logs["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.state.step = step + 1
-        return {"loss": loss_value, "grad_norm": grad_norm, "tokens": tokens, "diverged": diverged} | logs
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return {"loss": loss, "grad_norm": grad_norm, "tokens": tokens, "diverged": diverged} | logs
 
     # ----------------------------------------------------------------------- the loop
     def fit(self) -> RunResult:
@@ -304,12 +198,7 @@ class Trainer:
         guards = self.guards = Guards(recipe, self.dist, keeper, self.metrics, self.run_dir)
         previous_handler = install_sigterm(self.stop)
         self.model.train()
-        if keeper.monitor and keeper.monitor.reference is None:
-            first = guards.probe(self.state.step)
-            self.metrics.write(first.record())
-            self.say(first.describe())
-        if keeper.monitor:  # the rollback target until a later probe passes (after a resume: the resumed state)
-            keeper.monitor.remember(keeper.capture())
+        guards.start(self.say)
         window_start, window_tokens = time.perf_counter(), 0
         try:
             with TrainingProgress(self.total_steps, start=self.state.step, log_every=recipe.train.log_every,
@@ -347,10 +236,7 @@ class Trainer:
     def log_step(self, step: int, out: dict, tokens: float, seconds: float) -> dict:
         """One metrics row: the step's loss and gradient norm, the throughput of the `tokens` trained
         since the last row (in `seconds`), the methods' statistics."""
-        if self.dist.enabled:  # each rank holds its share of the loss and tokens
-            shares = torch.stack([out["loss"], torch.tensor(float(tokens), device=self.device)])
-            torch.distributed.all_reduce(shares)
-            out["loss"], tokens = shares[0], float(shares[1])
+        out["loss"], tokens = summed_over_ranks(self.dist, out["loss"], tokens)
         record = {"step": step, "loss": float(out.pop("loss")), "grad_norm": float(out.pop("grad_norm")),
                   "tokens_per_s": tokens / max(seconds, 1e-9), "elapsed_s": self.elapsed(),
                   "skipped_steps": self.state.skipped_steps}
@@ -384,16 +270,7 @@ class Trainer:
         methods = {m.name: m.summary() for m in self.methods} if self.dist.mirrored() else {}
         if eval_loss is not None:
             self.say(f"held-out task loss: {eval_loss:.4f}")
-        try:
-            self.keeper.save(final_dir, with_state=False)
-        except ckpt.NonFiniteWeights as err:
-            raise SafetuneError(f"train: the final weights are not finite ({err}); the run diverged and "
-                                "final/ was not written. Lower train.learning_rate") from None
-        except ckpt.SaveFailed as err:
-            latest = ckpt.latest_checkpoint(self.run_dir)
-            kept = (f"the newest checkpoint on disk is {latest}; free space, then resume with: {self.command} --resume"
-                    if latest else "no checkpoint was saved (train.save_every is off); free space and train again")
-            raise SafetuneError(f"train: {err}: the weights of step {step} could not be saved; {kept}") from None
+        self.keeper.save_final(self.run_dir, final_dir, self.command)
         summary = {"steps": step, "wall_time_s": round(wall_time, 2), "eval_loss": eval_loss,
                    "skipped_steps": self.state.skipped_steps, "lr_scale": self.state.lr_scale,
                    "harmful_in_train": self.data.harmful_in_train, "train_examples": len(self.data.train),
@@ -406,15 +283,9 @@ class Trainer:
 
     def evaluate_final(self, final_dir: Path, summary: dict) -> RunResult:
         """The final safety report (when the recipe asks for one)."""
-        recipe, step, wall_time = self.recipe, summary["steps"], summary["wall_time_s"]
-        report = None
-        if recipe.eval.suites and recipe.eval.at_end:
-            # the final evaluation needs every rank and rank 0 alone writes: under DDP each rank
-            # answers its share of the prompts (`sharded_across`), under FSDP every model pass
-            # needs every rank's shards (which the checkpoint first sent to rank 0)
-            with sharded_across(self.dist):
-                report = final_report(recipe, self.run_dir, final_dir, self.model, self.tokenizer, summary,
-                                      self.show_progress, write=self.dist.is_main)
+        step, wall_time = summary["steps"], summary["wall_time_s"]
+        report = final_evaluation(self.recipe, self.dist, self.run_dir, final_dir, self.model, self.tokenizer,
+                                  summary, self.show_progress)
         self.say(f"done: {step} steps in {wall_time:.1f}s -> {final_dir}")
         return RunResult(run_dir=self.run_dir, final_dir=final_dir, steps=step, wall_time_s=wall_time,
                          report=report if self.dist.is_main else None)

@@ -65,9 +65,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def patch_compute_loss(monkeypatch, on_call):
     """Wrap the loop's loss: `on_call(n)` runs before call n (1-based) and may raise or return a
     factor for the loss (e.g. NaN); used to interrupt or derail training at a chosen step."""
-    import safetune.training as training
+    import safetune.train_step as train_step
 
-    original, calls = training.compute_loss, {"n": 0}
+    original, calls = train_step.compute_loss, {"n": 0}
 
     def patched(methods, ctx, model, batch):
         calls["n"] += 1
@@ -75,22 +75,22 @@ def patch_compute_loss(monkeypatch, on_call):
         loss = original(methods, ctx, model, batch)
         return loss * factor if factor is not None else loss
 
-    monkeypatch.setattr(training, "compute_loss", patched)  # monkeypatch.undo() restores it
+    monkeypatch.setattr(train_step, "compute_loss", patched)  # monkeypatch.undo() restores it
 
 
 def interrupt_at_step(monkeypatch, at: int):
     """Ctrl-C at the first loss computation of step `at` (1-based): a step may run several
     passes (grad_accum, a batch split by length), so the step, not the call, is counted."""
-    import safetune.training as training
+    import safetune.train_step as train_step
 
-    original = training.compute_loss
+    original = train_step.compute_loss
 
     def patched(methods, ctx, model, batch):
         if ctx.step == at - 1:
             raise KeyboardInterrupt
         return original(methods, ctx, model, batch)
 
-    monkeypatch.setattr(training, "compute_loss", patched)  # monkeypatch.undo() restores it
+    monkeypatch.setattr(train_step, "compute_loss", patched)  # monkeypatch.undo() restores it
 
 
 def train_until_interrupted(monkeypatch, recipe, at: int, match: str = "interrupted at step"):

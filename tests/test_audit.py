@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
@@ -229,24 +228,23 @@ def test_judge_errors_name_the_audit_fields(tiny_model_dir, tiny_data, tmp_path,
 
 
 # --------------------------------------------------------------------------- inside `safetune train`
-@pytest.mark.skipif("audit_training_data" not in inspect.getsource(__import__("safetune.training").training),
-                    reason="the training loop does not call the audit yet")
 def test_train_runs_the_audit_and_writes_the_report(tiny_model_dir, tiny_data, tmp_path, refusing_generator,
                                                     monkeypatch):
-    import safetune.training as training
+    import safetune.train_data as train_data
+    import safetune.train_step as train_step
 
     trained_sources = set()
-    original = training.compute_loss
+    original = train_step.compute_loss
 
     def spy(methods, ctx, model, batch):
         trained_sources.update(e.source for e in current_examples)
         return original(methods, ctx, model, batch)
 
     current_examples: list = []
-    real_batch = training.BatchSchedule.batch
-    monkeypatch.setattr(training.BatchSchedule, "batch",
+    real_batch = train_data.BatchSchedule.batch
+    monkeypatch.setattr(train_data.BatchSchedule, "batch",
                         lambda self, k: current_examples.__init__(real_batch(self, k)) or list(current_examples))
-    monkeypatch.setattr(training, "compute_loss", spy)
+    monkeypatch.setattr(train_step, "compute_loss", spy)
     result = train(validate_tree(recipe_tree(tiny_model_dir, tiny_data, tmp_path / "run",
                                              {"checks": ["refusal_conflict"]})), show_progress=False)
     assert trained_sources == {"task"}, "the batches never hold a dropped (harmful) row"

@@ -21,8 +21,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                                     "safetune.real", "safetune.real.*"]),  # aligns a real model, then trains
     ("the training loop", ["safetune.training"]),
     ("what the loop is made of", ["safetune.dry_run", "safetune.train_guards", "safetune.train_state",
-                                  "safetune.train_setup", "safetune.train_eval", "safetune.monitor",
-                                  "safetune.audit"]),
+                                  "safetune.train_setup", "safetune.train_data", "safetune.train_step",
+                                  "safetune.train_eval", "safetune.monitor", "safetune.audit"]),
     ("safety methods", ["safetune.methods", "safetune.methods.*"]),
     ("evaluation", ["safetune.evaluation", "safetune.evaluation.*"]),
     ("model, data, loss, processes", ["safetune.modeling", "safetune.gguf", "safetune.data", "safetune.loss",

@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM
 from safetune.data import (IGNORE_INDEX, Example, build_training_data, collate, length_groups, pack_examples,
                            prepare_packing)
 from safetune.errors import RecipeError, SafetuneError
+from safetune.loss import next_token_loss
 from safetune.modeling import load_tokenizer
 from safetune.recipe import DataConfig, ModelConfig, SourceConfig, validate_tree
-from safetune.training import Trainer, next_token_loss
+from safetune.training import Trainer
 
 
 def examples_of(tiny_model_dir, tiny_data, max_seq_len=64):

@@ -74,16 +74,16 @@ def test_resume_refuses_changed_recipe(tiny_model_dir, tiny_data, tmp_path):
 
 
 def test_mix_puts_configured_fraction_of_safety_in_batches(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    import safetune.training as training
+    import safetune.train_step as train_step
 
     seen = []
-    original = training.compute_loss
+    original = train_step.compute_loss
 
     def spy(methods, ctx, model, batch):
         seen.append(batch["input_ids"].shape[0])
         return original(methods, ctx, model, batch)
 
-    monkeypatch.setattr(training, "compute_loss", spy)
+    monkeypatch.setattr(train_step, "compute_loss", spy)
     from safetune.methods.mix import Mix
     from safetune.recipe import MixMethod
 

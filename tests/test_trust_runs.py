@@ -128,14 +128,14 @@ def test_a_write_error_at_the_final_save_is_one_line_and_leaves_no_temporary_fol
 
 def test_sigterm_during_the_final_evaluation_keeps_final_and_says_how_to_finish(tiny_model_dir, tiny_data, tmp_path,
                                                                                monkeypatch):
-    import safetune.training as training
+    import safetune.train_eval as train_eval
 
     def killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler interrupts this
         raise AssertionError("SIGTERM was not turned into an interruption")
 
-    monkeypatch.setattr(training, "final_report", killed)
+    monkeypatch.setattr(train_eval, "final_report", killed)
     tree = make_recipe(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=2)
     tree["eval"] = {"suites": [{"kind": "harmful", "path": str(tiny_data["safety"])}], "max_new_tokens": 2}
     final = tmp_path / "run" / "final"
