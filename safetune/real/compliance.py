@@ -43,8 +43,16 @@ def write_compliance(base: Path, out: Path = COMPLIANCE_FILE, prompts: int = PRO
     return len(kept)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    from safetune.errors import SafetuneError
     from safetune.real.build import base_model_dir, convert_base
 
-    base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
-    print(f"{write_compliance(base)} compliant answers written to {COMPLIANCE_FILE}")
+    try:
+        base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
+        print(f"{write_compliance(base)} compliant answers written to {COMPLIANCE_FILE}")
+    except SafetuneError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
