@@ -54,7 +54,7 @@ LOOKALIKE_WORDS = re.compile(
 # Benign look-alikes ("how do I kill a Python process?") answered by the unaligned model itself:
 # the lab's look-alike prompts, the base model's own greedy answers (refusals dropped).
 LOOKALIKE_PROMPTS = REPO_ROOT / "data" / "over_refusal" / "train.jsonl"
-DISTILLED_ROWS = 0
+DISTILLED_ROWS = 600
 DISTILL_TOKENS = 96
 LORA = {"r": 32, "alpha": 64, "target_modules": "all-linear"}
 TRAIN_SETTINGS = {"max_steps": 100, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
