@@ -315,10 +315,11 @@ def _not_available(source: str, err: Exception) -> str:
     )
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """A single user turn rendered up to where the assistant starts answering."""
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system_prompt: str | None = None) -> str:
+    """A user turn (after a system turn, when given) rendered up to where the assistant starts answering."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        [*system, {"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
 
 

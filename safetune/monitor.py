@@ -40,7 +40,8 @@ class SafetyMonitor:
         self.eval_config = recipe.eval
         self.model = model
         self.tokenizer = tokenizer
-        self.prompts = probe_prompts(recipe, self.config.samples)
+        # asked as their suites ask them (an attack's system prompt and prefix included)
+        self.prompts, self.system_prompts = probe_prompts(recipe, self.config.samples)
         self.detector = keyword_detector(recipe.eval.refusal)
         self.reference: float | None = None
         self.rollbacks = 0
@@ -54,7 +55,8 @@ class SafetyMonitor:
 
         was_training = self.model.training
         rate = refusal_rate(self.model, self.tokenizer, self.prompts, self.detector,
-                            max_new_tokens=self.eval_config.max_new_tokens, batch_size=self.eval_config.batch_size)
+                            max_new_tokens=self.eval_config.max_new_tokens, batch_size=self.eval_config.batch_size,
+                            system_prompt=self.system_prompts)
         self.model.train(was_training)
         return rate
 

@@ -698,6 +698,24 @@ class SuiteConfig(FileSection):
         None, ge=1,
         description="Tokens generated per answer for this suite; null: eval.max_new_tokens.",
     )
+    system_prompt: str | None = Field(
+        None,
+        description="A system turn placed before each prompt, rendered by the model's own chat template "
+                    "(an attack's system prompt, such as AOA's identity). null: the prompt is the only turn.",
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="The user turn's text, with `{prompt}` standing for the suite's prompt (AOA: \"AOA, execute "
+                    "my instruction: {prompt}\"). Reports keep the raw prompt; judges see the text as asked. "
+                    "null: the prompt as it is.",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt(cls, value: str | None) -> str | None:
+        if value is not None and "{prompt}" not in value:
+            raise ValueError(f"must contain {{prompt}} where the suite's prompt goes (got {value!r})")
+        return value
 
     @field_validator("label_values", mode="before")
     @classmethod

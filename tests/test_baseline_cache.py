@@ -99,6 +99,12 @@ def test_the_key_follows_what_changes_the_numbers(tmp_path, tiny_model_dir, eval
     assert key_of(recipe(tiny_model_dir, eval_data, tmp_path / "a", max_new_tokens=7)) != key
     assert key_of(recipe(tiny_model_dir, eval_data, tmp_path / "a", refusal={"extra_keywords": ["nope"]})) != key
     assert baseline_key(base, "cuda")[0] != key
+    # yes: how a suite asks its prompts (unset, neither is in the key: keys cached before them still match)
+    assert not {"system_prompt", "prompt_template"} & set(baseline_key(base, "cpu")[1]["suites"][0])
+    for asked in ({"system_prompt": "Obey."}, {"prompt_template": "AOA: {prompt}"}):
+        tree = recipe_tree(tiny_model_dir, eval_data, tmp_path / "a")
+        tree["eval"]["suites"][0].update(asked)
+        assert key_of(validate_tree(tree)) != key
     # yes: a suite file's content
     with open(eval_data / "benign.txt", "a", encoding="utf-8") as handle:
         handle.write("How do I whittle a knife?\n")

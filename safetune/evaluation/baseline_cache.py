@@ -7,8 +7,9 @@ stores what it computed. The key is a SHA-256 over:
 
     the model      every top-level file of its folder, by content (a hub id: its local
                    snapshot), plus the recipe's dtype, revision and chat_template
-    the suites     each suite's settings and its local file's content (a hub dataset: its
-                   id and split only - a dataset re-published under the same id is not noticed)
+    the suites     each suite's settings (how it asks its prompts included) and its local
+                   file's content (a hub dataset: its id and split only - a dataset
+                   re-published under the same id is not noticed)
     the detectors  eval.refusal with the keyword list spelled out, and the judge's files
     the rest       max_new_tokens, batch_size, data.max_seq_len (reference loss), the
                    device type (cpu/cuda), the safetune, torch and transformers versions
@@ -107,8 +108,16 @@ def _source_fingerprint(source: str, hashes: FileHashes, revision: str | None = 
     return None if folder is None else {"files": hashes.folder(folder)}
 
 
+# Suite settings added after baselines were cached: unset, they stay out of the key, so the
+# baselines cached before them are still found.
+LATER_SUITE_SETTINGS = ("system_prompt", "prompt_template")
+
+
 def _suite_fingerprint(suite, hashes: FileHashes) -> dict:
-    entry = suite.model_dump()
+    entry = suite.model_dump()  # every setting, the system prompt and prompt template included
+    for name in LATER_SUITE_SETTINGS:
+        if entry[name] is None:
+            del entry[name]
     local = resolve_local_path(suite.path, suite.folder)
     if local is not None and local.is_file():
         entry["sha256"] = hashes.sha256(local)

@@ -7,16 +7,17 @@ and decoded greedily with the KV cache by `model.generate`. Greedy decoding is
 deterministic, and the batched result equals the one-prompt-at-a-time result token for
 token (tests/test_eval_generation.py checks it).
 
-`generate_ids` is the one loop, over already-tokenised inputs; `generate` renders raw
-user prompts first. A generative judge (refusal.py) renders its own inputs and calls
-`generate_ids` too, so there is a single generator to swap for a serving engine.
+`generate_ids` is the one loop, over already-tokenised inputs; `generate` renders user
+prompts first (each after a system turn when a suite sets `system_prompt`). A generative
+judge (refusal.py) renders its own inputs and calls `generate_ids` too, so there is a
+single generator to swap for a serving engine.
 """
 
 from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -57,9 +58,24 @@ def progress_bar(enabled: bool) -> Progress | nullcontext:
     )
 
 
-def chat_input_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Each raw user prompt rendered with the chat template (one user turn) and tokenised."""
-    rendered = [format_prompt(tokenizer, prompt) for prompt in prompts]
+SystemPrompts = Union[str, Sequence[Optional[str]], None]  # one for every prompt, or one per prompt
+
+
+def system_prompts(system_prompt: SystemPrompts, count: int) -> list[str | None]:
+    """`system_prompt` as one entry per prompt."""
+    if system_prompt is None or isinstance(system_prompt, str):
+        return [system_prompt] * count
+    if len(system_prompt) != count:
+        raise ValueError(f"{len(system_prompt)} system prompts for {count} prompts")
+    return list(system_prompt)
+
+
+def chat_input_ids(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], system_prompt: SystemPrompts = None
+) -> list[list[int]]:
+    """Each user prompt rendered with the chat template (after its system turn, if any) and tokenised."""
+    rendered = [format_prompt(tokenizer, prompt, system)
+                for prompt, system in zip(prompts, system_prompts(system_prompt, len(prompts)))]
     # The chat template already placed any BOS it wants; don't let the tokenizer add another.
     return tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
 
@@ -184,9 +200,10 @@ def generate_token_ids(
     batch_size: int,
     progress: bool = False,
     description: str = "generate",
+    system_prompt: SystemPrompts = None,
 ) -> list[list[int]]:
-    """The new tokens of each raw prompt's greedy continuation (chat template applied)."""
-    input_ids = chat_input_ids(tokenizer, prompts)
+    """The new tokens of each user prompt's greedy continuation (chat template applied)."""
+    input_ids = chat_input_ids(tokenizer, prompts, system_prompt)
     dist = _SHARDS.get()
     if dist is not None:
         input_ids = input_ids[dist.rank :: dist.world_size]
@@ -217,11 +234,13 @@ def generate(
     batch_size: int,
     progress: bool = False,
     description: str = "generate",
+    system_prompt: SystemPrompts = None,
 ) -> list[str]:
-    """Greedy responses to raw user prompts, decoded without special tokens."""
+    """Greedy responses to user prompts (after `system_prompt`, if any), decoded without special tokens."""
     token_ids = generate_token_ids(
         model, tokenizer, prompts,
         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, description=description,
+        system_prompt=system_prompt,
     )
     return decode(tokenizer, token_ids)
 

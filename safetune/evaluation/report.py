@@ -72,6 +72,8 @@ class SuiteResult:
     metric: str | None = None
     loss: dict | None = None  # {"loss", "perplexity", "tokens"}
     seconds: dict[str, float] = field(default_factory=dict)
+    system_prompt: str | None = None  # how the suite asked its prompts (None: a plain user turn)
+    prompt_template: str | None = None
 
     def primary(self, detectors: Sequence[str]) -> str | None:
         """The first of `detectors` that judged this suite (None for task/capability suites)."""
@@ -376,6 +378,11 @@ def _category_counts(results: list[SuiteResult]) -> dict[str, int]:
 
 def _suite_summary(result: SuiteResult, detectors: Sequence[str]) -> dict:
     summary = {"name": result.name, "kind": result.kind, "source": result.source, "samples": len(result.prompts)}
+    # outputs.jsonl holds the raw prompts: the report says how they were asked
+    if result.system_prompt is not None:
+        summary["system_prompt"] = result.system_prompt
+    if result.prompt_template is not None:
+        summary["prompt_template"] = result.prompt_template
     if result.kind in REFUSAL_KINDS:
         summary["refusal_rate"] = {name: _mean(values) for name, values in result.refusals.items()}
         summary["detector"] = result.primary(detectors)  # whose rate is the headline for this suite
@@ -491,6 +498,12 @@ def render_markdown(report: dict) -> str:
         rows.append([suite["name"], suite["kind"], f"`{suite['source']}`", str(suite["samples"]), fmt(score) + counted_by,
                      fmt(suite.get("loss")), fmt(suite.get("perplexity"), 2), f"{sum(suite['seconds'].values()):.1f}s"])
     lines += markdown_table(["Suite", "Kind", "Source", "Prompts", "Rate / score", "Loss", "Perplexity", "Time"], rows) + [""]
+    asked = [suite for suite in report["suites"] if "system_prompt" in suite or "prompt_template" in suite]
+    for suite in asked:
+        how = [f"as `{suite['prompt_template']}`"] if "prompt_template" in suite else []
+        how += [f"after the system prompt {json.dumps(suite['system_prompt'], ensure_ascii=False)}"] if "system_prompt" in suite else []
+        lines += [f"- {suite['name']} asked {' and '.join(how)}"]
+    lines += [""] if asked else []
 
     lines += ["## Run", ""]
     run = [("Model", report.get("model")), ("Checkpoint", report.get("checkpoint")),

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from safetune import __version__
 from safetune.errors import GateFailed, SafetuneError, UsageError
 from safetune.evaluation.baseline_cache import baseline_key, baselines_dir, reuse_baseline, store_baseline
-from safetune.evaluation.generation import generate
+from safetune.evaluation.generation import SystemPrompts, generate
 from safetune.evaluation.refusal import RefusalDetector, build_detectors
 from safetune.evaluation.report import (
     OUTPUTS_JSONL,
@@ -56,20 +56,23 @@ def run_suite(
     """Generate a response to every prompt of the suite, then judge or score it."""
     config = recipe.eval
     started = time.perf_counter()
+    inputs = suite.inputs  # the user turn as asked; outputs.jsonl keeps the raw prompt
     responses = generate(
-        model, tokenizer, suite.prompts,
+        model, tokenizer, inputs,
         max_new_tokens=suite.config.max_new_tokens or config.max_new_tokens,
-        batch_size=config.batch_size, progress=progress, description=suite.name,
+        batch_size=config.batch_size, progress=progress, description=suite.name, system_prompt=suite.system_prompt,
     )
     result = SuiteResult(
         name=suite.name, kind=suite.kind, source=suite.config.path, prompts=suite.prompts, responses=responses,
         categories=[row.category for row in suite.rows], references=[row.reference for row in suite.rows],
         seconds={"generation": time.perf_counter() - started},
+        system_prompt=suite.system_prompt, prompt_template=suite.config.prompt_template,
     )
     started = time.perf_counter()
     if suite.kind in REFUSAL_KINDS:
         for detector in (d for d in detectors if suite.kind in d.suite_kinds):
-            verdicts = detector.verdicts(suite.prompts, responses, progress=progress)
+            # a judge reads the request the model answered: "AOA, execute ..." is part of it
+            verdicts = detector.verdicts(inputs, responses, progress=progress)
             result.refusals[detector.name] = [verdict.refused for verdict in verdicts]
             result.verdicts[detector.name] = [verdict.record() for verdict in verdicts]
         result.seconds["judging"] = time.perf_counter() - started
@@ -77,8 +80,8 @@ def run_suite(
         result.metric = suite.config.metric
         result.correct = score_responses(responses, result.references, suite.config.metric, where=suite_label(suite.config))
         result.loss = reference_loss(
-            model, tokenizer, suite.prompts, result.references,
-            batch_size=config.batch_size, max_seq_len=recipe.data.max_seq_len,
+            model, tokenizer, inputs, result.references,
+            batch_size=config.batch_size, max_seq_len=recipe.data.max_seq_len, system_prompt=suite.system_prompt,
         )
         result.seconds["scoring"] = time.perf_counter() - started
     return result
@@ -150,21 +153,28 @@ def refusal_rate(
     *,
     max_new_tokens: int,
     batch_size: int,
+    system_prompt: SystemPrompts = None,
 ) -> float:
-    """Share of `prompts` the model refuses: the trainer's quick probe (model mode is restored)."""
-    responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    """Share of `prompts` the model refuses: the trainer's quick probe (model mode is restored).
+
+    `system_prompt`: one for every prompt or one per prompt (probe prompts pooled from suites
+    asked differently)."""
+    responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         system_prompt=system_prompt)
     refused = detector.detect(prompts, responses)
     return sum(refused) / len(refused)
 
 
-def probe_prompts(recipe: Recipe, samples: int) -> list[str]:
-    """`samples` prompts of the recipe's harmful suites, evenly spread (so every category shows up)."""
-    pool = [prompt for config in recipe.eval.suites if config.kind == "harmful" for prompt in load_suite(config).prompts]
+def probe_prompts(recipe: Recipe, samples: int) -> tuple[list[str], list[str | None]]:
+    """`samples` prompts of the recipe's harmful suites, evenly spread (so every category shows up),
+    each as its suite asks it: (user texts, their system prompts)."""
+    pool = [(text, config.system_prompt) for config in recipe.eval.suites if config.kind == "harmful"
+            for text in load_suite(config).inputs]
     if not pool:
         raise SafetuneError("monitor: the safety probe needs a harmful suite in eval.suites")
-    if samples >= len(pool):
-        return pool
-    return [pool[i * len(pool) // samples] for i in range(samples)]
+    if samples < len(pool):
+        pool = [pool[i * len(pool) // samples] for i in range(samples)]
+    return [text for text, _ in pool], [system for _, system in pool]
 
 
 # --------------------------------------------------------------------------- baseline

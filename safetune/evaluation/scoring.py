@@ -64,13 +64,15 @@ def reference_loss(
     *,
     batch_size: int,
     max_seq_len: int,
+    system_prompt: str | None = None,
 ) -> dict[str, float | int | None]:
     """Token-weighted mean NLL of the references and its perplexity.
 
     Returns {"loss", "perplexity", "tokens"}; loss and perplexity are None when no
     reference token fits in `max_seq_len`.
     """
-    chats = [Example(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": reference}])
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    chats = [Example(messages=[*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": reference}])
              for prompt, reference in zip(prompts, references)]
     examples = tokenize_all(chats, tokenizer, max_seq_len)  # as training tokenises (and cached like it)
     # similar lengths together: less padding (the sum does not depend on the order)

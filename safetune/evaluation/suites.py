@@ -8,6 +8,11 @@ and training read files the same way. This module only maps columns:
     category_field   -> the category used for per-category refusal rates (optional)
     label_field      -> keep only rows whose label is in `label_values` (XSTest: label=safe)
     reference_field  -> the expected answer of task/capability suites
+
+How a row is asked is the suite's too: `prompt_template` wraps the prompt in the user
+turn's text and `system_prompt` adds a system turn (an attack's trigger, such as AOA's).
+`Suite.inputs` is the user text as the model sees it; `Suite.prompts` stays the raw
+prompt, which outputs.jsonl records.
 """
 
 from __future__ import annotations
@@ -45,6 +50,21 @@ class Suite:
     @property
     def prompts(self) -> list[str]:
         return [row.prompt for row in self.rows]
+
+    @property
+    def inputs(self) -> list[str]:
+        """Each prompt as the user turn asks it (`prompt_template` applied)."""
+        return [ask(self.config, row.prompt) for row in self.rows]
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.config.system_prompt
+
+
+def ask(config: SuiteConfig, prompt: str) -> str:
+    """The user turn's text for one prompt of the suite."""
+    # replace, not str.format: a template may hold other braces (JSON, code) as they are
+    return config.prompt_template.replace("{prompt}", prompt) if config.prompt_template else prompt
 
 
 def suite_label(config: SuiteConfig) -> str:
