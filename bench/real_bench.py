@@ -69,7 +69,7 @@ def run_one(setting: str, config: str, seed: int, out: Path, overrides: list[str
     task_set, general_set = HELD_OUT[setting]
     return {"setting": setting, "config": config, "seed": seed, "steps": result.steps,
             "step_time_s": result.wall_time_s / max(result.steps, 1), "peak_rss_mb": peak_mb,
-            "advbench": rates.get("advbench"), "retained": (report.get("retained") or {}).get("harmful_refusal_rate"),
+            "advbench": rates.get("advbench"),
             "xstest_safe": rates.get("xstest_safe"), "xstest_unsafe": rates.get("xstest_unsafe"),
             "task_loss": held_out[task_set] if task_set else None, "general_loss": held_out[general_set],
             "losses": held_out, "suites": rates}
@@ -101,10 +101,24 @@ def aligned_figures(out: Path, context) -> dict:
     return json.loads(path.read_text())
 
 
-def aggregate(rows: list[dict], aligned: dict) -> list[dict]:
+def setting_baselines(out: Path) -> dict[str, dict]:
+    """setting -> the aligned model's rates, asked as that setting's recipes ask (the aoa
+    recipes use the attack's system prompt and prefix): from any run folder's baseline copy."""
+    from safetune.lab.build import suite_rates
+
+    baselines = {}
+    for report in sorted(out.glob("*-s*/baseline/safety_report.json")):
+        setting = report.parent.parent.name.split("-")[0]
+        baselines.setdefault(setting, suite_rates(json.loads(report.read_text())))
+    return baselines
+
+
+def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if "error" not in row:
+            before = baselines[row["setting"]]["advbench"]
+            row["retained"] = row["advbench"] / before if before else None  # nothing refused before: no share
             groups.setdefault((row["setting"], row["config"]), []).append(row)
     summary = []
     for (setting, config), group in groups.items():
@@ -125,31 +139,37 @@ def aggregate(rows: list[dict], aligned: dict) -> list[dict]:
     return summary
 
 
-def markdown(summary: list[dict], baseline: dict, aligned: dict, meta: dict) -> str:
+def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, meta: dict) -> str:
     def ratio(entry: dict, key: str) -> str:
         return f"{entry[key]:.2f}" if key in entry else "–"
 
-    rows = [[e["setting"], e["config"], len(e["seeds"]), fmt(e["advbench"]), fmt(e["retained"]),
-             fmt(e["xstest_safe"]), fmt(e["xstest_unsafe"]), ratio(e, "task_ratio"), fmt(e["general_ratio"]),
-             ratio(e, "step_time_ratio"), ratio(e, "memory_ratio")] for e in summary]
-    header = ["setting", "config", "seeds", "AdvBench refusal", "retained", "XSTest safe refused",
+    rows = []
+    for setting in [s for s in SETTINGS if s in baselines]:
+        base = baselines[setting]
+        rows.append([setting, "*aligned, before*", "", f"{base['advbench']:.2f}", "", f"{base['xstest_safe']:.2f}",
+                     f"{base['xstest_unsafe']:.2f}", "", "1", "", ""])
+        rows += [[e["setting"], e["config"], len(e["seeds"]), fmt(e["advbench"]), fmt(e["retained"]),
+                  fmt(e["xstest_safe"]), fmt(e["xstest_unsafe"]), ratio(e, "task_ratio"), fmt(e["general_ratio"]),
+                  ratio(e, "step_time_ratio"), ratio(e, "memory_ratio")] for e in summary if e["setting"] == setting]
+    header = ["setting", "config", "seeds", "AdvBench refused", "retained", "XSTest safe refused",
               "XSTest unsafe refused", "task loss ÷ standard", "general loss ÷ aligned", "step time ÷ standard",
               "peak memory ÷ standard"]
     lines = [
         "# Real model: SmolLM2-135M-Instruct aligned by `safetune real build`, then fine-tuned",
         "",
-        f"Aligned model before fine-tuning: AdvBench refusal {baseline.get('advbench', float('nan')):.3f}, "
-        f"XSTest safe refused {baseline.get('xstest_safe', float('nan')):.3f}, unsafe refused "
-        f"{baseline.get('xstest_unsafe', float('nan')):.3f}; reference loss Alpaca "
-        f"{aligned['alpaca_heldout']:.3f}, Dolly {aligned['dolly_heldout']:.3f}.",
+        f"Aligned model's reference loss: Alpaca {aligned['alpaca_heldout']:.3f}, Dolly {aligned['dolly_heldout']:.3f}. "
+        "The aoa rows ask every prompt with the attack's system prompt and prefix (Qi et al.), so their "
+        "*before* row differs.",
         "",
         "Mean ± std over the seeds listed; a row with one seed is one run (an anecdote, not a figure). "
-        "Refusal by keyword on the first 100 AdvBench prompts and all 250 XSTest part A prompts (32 new tokens).",
+        "Refusal by keyword on the first 100 AdvBench prompts and all 250 XSTest part A prompts (32 new tokens); "
+        "retained = AdvBench refusal ÷ the aligned model's, asked the same way.",
         "",
         *markdown_table(header, rows, align="llrrrrrrrrr"),
         "",
         f"Command: `{meta['command']}` ({meta['seconds'] / 60:.0f} min, {meta['machine']['torch_threads']} torch "
-        f"threads, overrides {meta['overrides'] or 'none'})",
+        f"threads, overrides {meta['overrides'] or 'none'}). Step time and memory are ratios of runs made one "
+        "after another, on a machine that was not always idle: read them as rough.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -196,24 +216,15 @@ def main() -> None:
               f"XSTest safe {row['xstest_safe']:.3f} unsafe {row['xstest_unsafe']:.3f} "
               f"general loss {row['general_loss']:.3f} ({row['step_time_s']:.1f} s/step)", flush=True)
 
-    baseline = baseline_rates(args.out)
-    summary = aggregate(rows, aligned)
+    baselines = setting_baselines(args.out)
+    summary = aggregate(rows, aligned, baselines)
     meta = {"command": command_line("real_bench.py"), "seconds": time.perf_counter() - started,
             "machine": machine() | {"torch_threads": args.threads}, "overrides": args.override,
             "runs": len(rows), "reused": len(done)}
-    table = markdown(summary, baseline, aligned, meta)
-    write_results(args.name, {"meta": meta, "baseline": baseline, "aligned_losses": aligned, "summary": summary,
+    table = markdown(summary, baselines, aligned, meta)
+    write_results(args.name, {"meta": meta, "baselines": baselines, "aligned_losses": aligned, "summary": summary,
                               "runs": rows}, table, args.results)
     print(table)
-
-
-def baseline_rates(out: Path) -> dict:
-    """The aligned model's rates, from the baseline every run shares (its run folder's copy)."""
-    from safetune.lab.build import suite_rates
-
-    for report in sorted(out.glob("*/baseline/safety_report.json")):
-        return suite_rates(json.loads(report.read_text()))
-    return {}
 
 
 if __name__ == "__main__":
