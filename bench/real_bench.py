@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="real", help="results file name (<results>/<name>.md/.json)")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already in <out>/rows.jsonl")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: the table of the runs already in <out>/rows.jsonl (implies --reuse)")
     args = parser.parse_args()
     quiet_transformers()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -195,10 +197,12 @@ def main() -> None:
     jobs = [(s, c, seed) for seed in args.seeds for s in args.settings.split(",") for c in args.configs.split(",")]
     rows_file = args.out / "rows.jsonl"
     done = []
-    if args.reuse and rows_file.is_file():
+    if (args.reuse or args.table_only) and rows_file.is_file():
         done = [r for r in map(json.loads, rows_file.read_text().splitlines())
                 if r.get("overrides") == args.override and (r["setting"], r["config"], r["seed"]) in jobs]
         jobs = [job for job in jobs if job not in {(r["setting"], r["config"], r["seed"]) for r in done}]
+    if args.table_only:
+        jobs = []
     print(f"{len(jobs)} runs ({len(done)} reused)", flush=True)
     rows = list(done)
     for job in jobs:
