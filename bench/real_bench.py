@@ -169,7 +169,7 @@ def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, met
         "",
         f"Command: `{meta['command']}` ({meta['seconds'] / 60:.0f} min, {meta['machine']['torch_threads']} torch "
         f"threads, overrides {meta['overrides'] or 'none'}). Step time and memory are ratios of runs made one "
-        "after another, on a machine that was not always idle: read them as rough.",
+        "after another, while other torch processes shared the 2 cores: they are not figures (re-run alone to measure cost).",
     ]
     return "\n".join(lines) + "\n"
 
