@@ -3,6 +3,8 @@
     python bench/bench_methods.py                        # the lab's sentiment recipes, one thread
     python bench/bench_methods.py --configs standard,safegrad,safegrad-k24 --rounds 4
     python bench/bench_methods.py --device cuda --method-override method.safety_micro_batch=48   # on a GPU
+    python bench/bench_methods.py --recipes real --task alpaca --threads 2 --block 6 --rounds 2 \
+        --configs standard,mix,safegrad,safegrad-k6,ewc,token-weighting,freeze,sap,defended@harmful --name methods-real
 
 Every configuration is a lab recipe (`recipes/lab/<task>-<config>.yaml`), on benign task
 data or, written `<config>@harmful-10%`, on the task data with 10 % harmful rows (the lab
@@ -55,20 +57,34 @@ def reference_of(config: str) -> str:
     return f"standard@{setting}" if setting else "standard"
 
 
-def build_trainer(task: str, config: str, steps: int, scratch: Path, device: str = "cpu",
-                  extra: list[str] | None = None):
+def recipe_and_overrides(recipes: str, task: str, config: str) -> tuple[Path, list[str]]:
+    """The recipe file behind a config, and the overrides its setting adds. Lab: `<task>-<config>`
+    with the lab bench's setting as overrides; real: `<setting or task>-<config>`, the setting
+    being part of the file name (recipes/real/harmful-defended.yaml)."""
+    name, setting, own = parse_config(config)
+    if recipes == "real":
+        path = ROOT / "recipes" / "real" / f"{setting or task}-{name}.yaml"
+        if not path.is_file():
+            raise SystemExit(f"bench_methods: no recipe {path.relative_to(ROOT)} for '{config}'")
+        return path, own
     from lab_bench import SETTINGS
+
+    if setting and setting not in SETTINGS:
+        raise SystemExit(f"bench_methods: unknown setting '{setting}' in '{config}' (known: {', '.join(SETTINGS)})")
+    return ROOT / "recipes" / "lab" / f"{task}-{name}.yaml", SETTINGS[setting or "benign"] + own
+
+
+def build_trainer(recipes: str, task: str, config: str, steps: int, scratch: Path, device: str = "cpu",
+                  extra: list[str] | None = None):
     from safetune.recipe import load_recipe
     from safetune.training import Trainer
 
-    name, setting, own = parse_config(config)
-    if setting and setting not in SETTINGS:
-        raise SystemExit(f"bench_methods: unknown setting '{setting}' in '{config}' (known: {', '.join(SETTINGS)})")
-    overrides = SETTINGS[setting or "benign"] + own + [
+    path, overrides = recipe_and_overrides(recipes, task, config)
+    overrides = overrides + [
         f"train.max_steps={steps}", f"train.log_every={steps}", "eval.at_end=false",
         f"output.dir={scratch / re.sub(r'[^A-Za-z0-9.-]+', '-', config)}", "output.overwrite=true",
         f"train.device={device}", *(extra or [])]
-    trainer = Trainer(load_recipe(ROOT / "recipes" / "lab" / f"{task}-{name}.yaml", overrides), show_progress=False)
+    trainer = Trainer(load_recipe(path, overrides), show_progress=False)
     trainer.setup()
     trainer.model.train()
     return trainer
@@ -84,7 +100,9 @@ def run_block(trainer, steps: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = new_parser(__doc__)
-    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--recipes", choices=["lab", "real"], default="lab",
+                        help="recipes/lab (the lab model) or recipes/real (the real model, after `safetune real build`)")
+    parser.add_argument("--task", default="sentiment", help="the task (lab) or setting (real, e.g. alpaca)")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated, each <config> or <config>@<setting>; the standard runs they are "
                              "divided by are added")
@@ -108,7 +126,7 @@ def main() -> None:
         for config in configs:
             started = time.perf_counter()
             extra = args.override + ([] if config in references else args.method_override)
-            trainers[config] = build_trainer(args.task, config, steps, Path(scratch), args.device, extra)
+            trainers[config] = build_trainer(args.recipes, args.task, config, steps, Path(scratch), args.device, extra)
             print(f"set up {config} in {time.perf_counter() - started:.1f}s", flush=True)
         for config in configs:  # warm-up block: first-call allocations, caches
             run_block(trainers[config], args.block)
@@ -134,7 +152,7 @@ def main() -> None:
         }
     result = {
         "command": command_line("bench_methods.py"),
-        "task": args.task, "block": args.block, "rounds": args.rounds, "order": "ABBA",
+        "recipes": args.recipes, "task": args.task, "block": args.block, "rounds": args.rounds, "order": "ABBA",
         "device": device_name(args.device), "overrides": args.override, "method_overrides": args.method_override,
         **machine(), "configs": rows,
     }
@@ -152,7 +170,9 @@ def markdown(result: dict) -> str:
     lines = ["# Step time of each method relative to `standard`", "",
              f"`{result['command']}` — {result['platform']}, {result['cpu_count']} cores, "
              f"device {result.get('device', 'cpu')}, "
-             f"{result['torch_threads']} torch thread(s), torch {result['torch']}. Lab task `{result['task']}`, "
+             f"{result['torch_threads']} torch thread(s), torch {result['torch']}. "
+             + (f"Real-model setting `{result['task']}` (recipes/real), " if result.get("recipes") == "real"
+                else f"Lab task `{result['task']}`, ") +
              f"blocks of {result['block']} optimizer steps, {result['rounds']} rounds in ABBA order after a "
              "warm-up block; ratio = median over rounds of (the config's block time / the block time of "
              "`standard` on the same data in the same round); `@harmful-10%`: task data with 10 % harmful rows.", ""]

@@ -54,7 +54,7 @@ def main() -> None:
 
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(args.task, args.config, max(args.steps, 1) + 1, Path(scratch))
+        trainer = build_trainer("lab", args.task, args.config, max(args.steps, 1) + 1, Path(scratch))
         ctx, params = trainer.ctx, [p for _, p in trainer.ctx.trainable_parameters()]
         safegrad = next((m for m in trainer.methods if m.name == "safegrad"), None)
         if args.staleness and (safegrad is None or safegrad.config.safety_every < 2):
