@@ -13,8 +13,15 @@ compliance). Per run: AdvBench refusal (keyword) and its fraction retained of th
 model's; XSTest part A over-refusal (safe prompts refused) and its unsafe contrasts
 refused; task quality (reference loss on held-out rows of the fine-tuning data) and general
 ability (on held-out rows of the other data set), each relative to the aligned model;
-step time and peak memory relative to `standard` in the same bench. Rows go to
-<out>/rows.jsonl as they finish (--reuse keeps them); tables to bench/results/real.md/.json.
+peak memory of the run's process relative to `standard`'s. Rows go to <out>/rows.jsonl as
+they finish (--reuse keeps them); tables to bench/results/real.md/.json.
+
+Step time is not read from these runs (whole runs in separate processes differ by 10-20 %
+on this machine): the table takes it from the interleaved cost bench, when it has been run
+for that setting,
+
+    python bench/bench_methods.py --recipes real --task harmful --threads 2 --block 6 --rounds 2 \
+        --configs standard,mix,safegrad,safegrad-k6,ewc,token-weighting,freeze,sap,defended --name methods-real-harmful
 """
 
 from __future__ import annotations
@@ -130,7 +137,6 @@ def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> li
     for entry in summary:  # costs and task quality relative to `standard` of the same setting, this bench
         standard = next((e for e in summary if e["setting"] == entry["setting"] and e["config"] == "standard"), None)
         if standard:
-            entry["step_time_ratio"] = entry["step_time_s"]["mean"] / standard["step_time_s"]["mean"]
             entry["memory_ratio"] = entry["peak_rss_mb"]["mean"] / standard["peak_rss_mb"]["mean"]
             if entry["task_loss"] and standard["task_loss"]:
                 entry["task_ratio"] = entry["task_loss"]["mean"] / standard["task_loss"]["mean"]
@@ -139,9 +145,25 @@ def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> li
     return summary
 
 
-def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, meta: dict) -> str:
+def step_time_ratios(results: Path) -> dict[tuple[str, str], float]:
+    """(setting, config) -> step time ÷ standard's, from the interleaved cost bench's results
+    (<results>/methods-real-<setting>.json) where it has been run."""
+    ratios = {}
+    for path in sorted(results.glob("methods-real-*.json")):
+        measured = json.loads(path.read_text())
+        for config, row in measured["configs"].items():
+            ratios[(measured["task"], config)] = row["ratio"]
+    return ratios
+
+
+def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, meta: dict,
+             step_times: dict[tuple[str, str], float]) -> str:
     def ratio(entry: dict, key: str) -> str:
         return f"{entry[key]:.2f}" if key in entry else "–"
+
+    def step_time(entry: dict) -> str:
+        measured = step_times.get((entry["setting"], entry["config"]))
+        return "–" if measured is None else f"{measured:.2f}"
 
     rows = []
     for setting in [s for s in SETTINGS if s in baselines]:
@@ -150,7 +172,7 @@ def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, met
                      f"{base['xstest_unsafe']:.2f}", "", "1", "", ""])
         rows += [[e["setting"], e["config"], len(e["seeds"]), fmt(e["advbench"]), fmt(e["retained"]),
                   fmt(e["xstest_safe"]), fmt(e["xstest_unsafe"]), ratio(e, "task_ratio"), fmt(e["general_ratio"]),
-                  ratio(e, "step_time_ratio"), ratio(e, "memory_ratio")] for e in summary if e["setting"] == setting]
+                  step_time(e), ratio(e, "memory_ratio")] for e in summary if e["setting"] == setting]
     header = ["setting", "config", "seeds", "AdvBench refused", "retained", "XSTest safe refused",
               "XSTest unsafe refused", "task loss ÷ standard", "general loss ÷ aligned", "step time ÷ standard",
               "peak memory ÷ standard"]
@@ -168,8 +190,9 @@ def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, met
         *markdown_table(header, rows, align="llrrrrrrrrr"),
         "",
         f"Command: `{meta['command']}` ({meta['seconds'] / 60:.0f} min, {meta['machine']['torch_threads']} torch "
-        f"threads, overrides {meta['overrides'] or 'none'}). Step time and memory are ratios of runs made one "
-        "after another, while other torch processes shared the 2 cores: they are not figures (re-run alone to measure cost).",
+        f"threads, overrides {meta['overrides'] or 'none'}). Step time ÷ standard: the interleaved cost bench "
+        "(`bench/bench_methods.py --recipes real`, bench/results/methods-real-<setting>.md; – where not run for "
+        "that setting). Peak memory: the run's process (training, evaluation and reference losses), ÷ standard's.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -225,7 +248,7 @@ def main() -> None:
     meta = {"command": command_line("real_bench.py"), "seconds": time.perf_counter() - started,
             "machine": machine() | {"torch_threads": args.threads}, "overrides": args.override,
             "runs": len(rows), "reused": len(done)}
-    table = markdown(summary, baselines, aligned, meta)
+    table = markdown(summary, baselines, aligned, meta, step_time_ratios(args.results))
     write_results(args.name, {"meta": meta, "baselines": baselines, "aligned_losses": aligned, "summary": summary,
                               "runs": rows}, table, args.results)
     print(table)
