@@ -145,12 +145,15 @@ def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> li
     return summary
 
 
-def step_time_ratios(results: Path) -> dict[tuple[str, str], float]:
+def step_time_ratios(results: Path, overrides: list[str]) -> dict[tuple[str, str], float]:
     """(setting, config) -> step time ÷ standard's, from the interleaved cost bench's results
-    (<results>/methods-real-<setting>.json) where it has been run."""
+    (<results>/methods-real-*.json) where it has been run with the same recipe overrides
+    (full fine-tuning's costs are not LoRA's)."""
     ratios = {}
     for path in sorted(results.glob("methods-real-*.json")):
         measured = json.loads(path.read_text())
+        if (measured.get("overrides") or []) != overrides or measured.get("method_overrides"):
+            continue
         for config, row in measured["configs"].items():
             ratios[(measured["task"], config)] = row["ratio"]
     return ratios
@@ -248,7 +251,7 @@ def main() -> None:
     meta = {"command": command_line("real_bench.py"), "seconds": time.perf_counter() - started,
             "machine": machine() | {"torch_threads": args.threads}, "overrides": args.override,
             "runs": len(rows), "reused": len(done)}
-    table = markdown(summary, baselines, aligned, meta, step_time_ratios(args.results))
+    table = markdown(summary, baselines, aligned, meta, step_time_ratios(args.results, args.override))
     write_results(args.name, {"meta": meta, "baselines": baselines, "aligned_losses": aligned, "summary": summary,
                               "runs": rows}, table, args.results)
     print(table)

@@ -263,6 +263,30 @@ def adapter_weights_by_model_name(model, saved: dict[str, torch.Tensor]) -> dict
     return named
 
 
+class BaseWithoutAdapters:
+    """A LoRA model's frozen base, called as a model: each call runs `model` with its adapters
+    switched off (peft's `disable_adapter`), in eval mode and without gradients.
+
+    Adapters start at zero (B = 0), so the base is exactly the model the run started from:
+    the reference a method compares with, with no second copy of the weights in memory.
+    `module` names the wrapped model, as DDP's wrapper does, so code that looks through
+    wrappers (for the output head, for `logits_to_keep`) finds it.
+    """
+
+    def __init__(self, model):
+        self.module = model
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        model, training = self.module, self.module.training
+        model.eval()
+        try:
+            with model.disable_adapter():
+                return model(*args, **kwargs)
+        finally:
+            model.train(training)
+
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 

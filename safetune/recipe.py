@@ -297,6 +297,13 @@ BORDERLINE_WEIGHT_FIELD = Field(
     1.0, gt=0.0,
     description="With refusals_and_borderline: the borderline term's weight w, L_s = L(refusals) + w * L(borderline).",
 )
+# Refusing or answering is decided in the first tokens of the answer; the rest of a long
+# refusal costs a pass over the whole vocabulary per token and adds little to the signal.
+SAFETY_TOKENS_FIELD = Field(
+    None, ge=1,
+    description="Compute the safety loss on the first k response tokens only, where refusing or answering is "
+                "decided (a long refusal's later tokens add cost, little signal); null: the whole response.",
+)
 
 
 class SafeGradMethod(Section):
@@ -346,11 +353,7 @@ class SafeGradMethod(Section):
     )
     safety_data: SafetyData = SAFETY_DATA_FIELD
     borderline_weight: float = BORDERLINE_WEIGHT_FIELD
-    safety_tokens: int | None = Field(
-        None, ge=1,
-        description="Compute the safety loss on the first k response tokens only, where refusing or answering is "
-                    "decided; null: the whole response.",
-    )
+    safety_tokens: int | None = SAFETY_TOKENS_FIELD
     constraints: Literal["joint", "separate"] = Field(
         "joint",
         description="`joint`: one constraint on L(refusals) + w*L(borderline); `separate`: neither loss may rise "
@@ -504,6 +507,7 @@ class TokenWeightingMethod(Section):
                     "weighted task loss only.",
     )
     safety_batch_size: int = Field(8, ge=1, description="Safety examples per step for the safety objective.")
+    safety_tokens: int | None = SAFETY_TOKENS_FIELD
     npo_weight: float = Field(
         0.0, ge=0.0,
         description="Weight of NPO on data.harmful completions inside the safety objective (lowers their "

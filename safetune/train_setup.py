@@ -20,7 +20,7 @@ from safetune.envinfo import collect_env
 from safetune.errors import SafetuneError
 from safetune.files import write_atomic
 from safetune.methods import MethodContext, SafetyMethod
-from safetune.modeling import add_lora, build_empty_model, load_model
+from safetune.modeling import BaseWithoutAdapters, add_lora, build_empty_model, load_model
 from safetune.recipe import Recipe
 from safetune.rundir import RESOLVED_RECIPE
 
@@ -33,12 +33,15 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- the model
 def build_model(recipe: Recipe, dist: Distributed, device: torch.device, wants_reference: bool):
     """The model to train (LoRA, checkpointing; sharded under FSDP) and, if a method wants one,
-    a frozen copy of the aligned model (else None)."""
+    the frozen aligned model (else None): under LoRA the base with the adapters off, else a copy."""
     if dist.sharded:  # FSDP: sharded from the start; no rank holds the whole model on its device
         return load_sharded_model(recipe, dist, device, wants_reference)
     model = prepare_model(load_model(recipe.model, device=device), recipe)
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if wants_reference else None
-    return model, reference
+    if not wants_reference:
+        return model, None
+    if recipe.model.lora:  # the base under the adapters is the aligned model: no copy needed
+        return model, BaseWithoutAdapters(model)
+    return model, copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def prepare_model(model, recipe: Recipe):

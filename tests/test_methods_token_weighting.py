@@ -14,9 +14,11 @@ from safetune.errors import SafetuneError
 from safetune.lab.tokenizer import train_tokenizer
 from safetune.methods import MethodContext, build_methods
 from safetune.loss import next_token_logprobs
-from safetune.methods.safety_signal import sequence_logprob
-from safetune.modeling import load_model, load_tokenizer
+from safetune.distributed import Distributed
+from safetune.methods.safety_signal import first_response_tokens, sequence_logprob
+from safetune.modeling import BaseWithoutAdapters, load_model, load_tokenizer
 from safetune.recipe import validate_tree
+from safetune.train_setup import build_model
 from safetune.training import train
 from tests.helpers import TINY_TEXTS
 from tests.helpers import write_jsonl
@@ -114,6 +116,40 @@ def test_loss_adds_alpha_times_refusal_and_npo(tiny_model_dir, tiny_data, tmp_pa
     harmful = ctx.batch_to_device(tw.draw_examples(method.harmful, 8, ctx.seed + 1, draw))
     npo = tw.npo_loss(ctx.model, ctx.reference_model, harmful, 0.5)
     assert torch.allclose(total, ctx.model(**batch).loss + 0.5 * (safety + 2.0 * npo), rtol=1e-5)
+
+
+def test_safety_tokens_cut_the_refusal_objective_to_the_first_answer_tokens(tiny_model_dir, tiny_data, tmp_path):
+    ctx, method, data = setup_method(tiny_model_dir, tiny_data, tmp_path, scorer="none", alpha=0.5, safety_tokens=2)
+    batch = ctx.batch_to_device(data.train[:4])
+    total = method.loss(ctx, batch)
+    refusals = tw.safety_batch(ctx, 8, 0)
+    cut = first_response_tokens(refusals, 2)
+    assert all(sum(label != -100 for label in e.labels) <= 2 for e in cut)
+    assert any(sum(label != -100 for label in e.labels) > 2 for e in refusals)
+    safety = ctx.model(**ctx.batch_to_device(cut)).loss
+    assert torch.allclose(total, ctx.model(**batch).loss + 0.5 * safety, rtol=1e-5)
+
+
+def test_reference_under_lora_is_the_base_with_the_adapters_off(model_dir, tiny_data, tmp_path):
+    """Under LoRA the frozen reference is the base itself (no second copy), whatever the adapters have learned."""
+    tree = recipe_tree(model_dir, tiny_data, tmp_path / "run", {"name": "token_weighting"})
+    tree["model"]["lora"] = {"r": 4, "alpha": 8}
+    recipe = validate_tree(tree)
+    model, reference = build_model(recipe, Distributed(), torch.device("cpu"), wants_reference=True)
+    assert isinstance(reference, BaseWithoutAdapters) and reference.module is model
+    original = load_model(recipe.model).eval()
+    batch = {"input_ids": torch.tensor([[5, 9, 17, 33, 2, 8]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)  # the adapters have learned something
+        model.train()
+        assert not torch.allclose(model(**batch).logits, original(**batch).logits)
+        assert torch.equal(reference(**batch).logits, original(**batch).logits)
+    assert model.training  # the call left the model as it found it: training, adapters on
+    assert not torch.allclose(model(**batch).logits, original(**batch).logits)
+    ref_log_p, _ = next_token_logprobs(reference, batch | {"labels": batch["input_ids"]})
+    assert not ref_log_p.requires_grad
 
 
 def test_borderline_answers_join_the_safety_objective(tiny_model_dir, tiny_data, tmp_path):

@@ -36,7 +36,7 @@ class MethodContext:
     borderline: list[Example] = field(default_factory=list)  # benign look-alikes with normal answers
     train_examples: list[Example] = field(default_factory=list)  # the task data the batches come from
     step: int = 0  # the optimizer step being computed (0-based)
-    reference_model: nn.Module | None = None  # frozen aligned copy (needs_reference_model)
+    reference_model: Any = None  # the frozen aligned model, called like one (needs_reference_model)
     optimizer: torch.optim.Optimizer | None = None  # set by the loop once it exists (before step 0)
     log: Callable[[str], None] = print
     # Distributed runs: the TASK forward pass must go through `train_model` (the DDP wrapper,

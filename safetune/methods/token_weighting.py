@@ -222,7 +222,8 @@ class TokenWeighting(SafetyMethod):
     def summary(self) -> dict:
         totals = self.plain_totals()
         tokens = max(totals["tokens"], 1)
-        return {"scorer": self.config.scorer, "alpha": self.config.alpha, "npo_weight": self.config.npo_weight,
+        return {"scorer": self.config.scorer, "alpha": self.config.alpha, "safety_tokens": self.config.safety_tokens,
+                "npo_weight": self.config.npo_weight,
                 "min_weight": self.config.min_weight, "task_tokens": totals["tokens"],
                 "mean_weight": totals["weight_sum"] / tokens,
                 "share_down_weighted": totals["down_weighted"] / tokens,
