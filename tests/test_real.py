@@ -113,15 +113,18 @@ def test_real_bench_runs_a_setting_end_to_end_on_a_tiny_stand_in(tmp_path):
     root = Path(__file__).resolve().parents[1]
     model = make_tiny_model_dir(tmp_path / "aligned")
     env = os.environ | {"SAFETUNE_REAL_MODEL": str(model), "SAFETUNE_CACHE": str(tmp_path / "cache")}
+    overrides = ["train.max_steps=2", "data.max_seq_len=64", "eval.suites.0.limit=4", "eval.max_new_tokens=4"]
     # the step-time column comes from the interleaved cost bench's results, when there are any
+    # with the same recipe overrides (a full fine-tuning cost bench is not LoRA's)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "methods-real-aoa.json").write_text(json.dumps(
-        {"task": "aoa", "configs": {"standard": {"ratio": 1.0}, "mix": {"ratio": 1.37}}}))
+        {"task": "aoa", "overrides": overrides, "configs": {"standard": {"ratio": 1.0}, "mix": {"ratio": 1.37}}}))
+    (tmp_path / "results" / "methods-real-aoa-full.json").write_text(json.dumps(
+        {"task": "aoa", "overrides": overrides + ["model.lora=null"], "configs": {"mix": {"ratio": 9.99}}}))
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "real_bench.py"), "--settings", "aoa", "--configs", "standard,mix",
          "--threads", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-         "--override", "train.max_steps=2", "--override", "data.max_seq_len=64",
-         "--override", "eval.suites.0.limit=4", "--override", "eval.max_new_tokens=4"],
+         *[arg for override in overrides for arg in ("--override", override)]],
         capture_output=True, text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "results" / "real.json").read_text())["summary"]
