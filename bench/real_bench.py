@@ -37,7 +37,8 @@ from common import (RESULTS, ROOT, command_line, fmt, fresh_process_context, mac
                     quiet_transformers, run_fresh, stats, write_results)
 
 SETTINGS = ["alpaca", "dolly", "aoa", "harmful"]
-CONFIGS = ["standard", "mix", "safegrad", "safegrad-k6", "ewc", "token-weighting", "freeze", "sap", "defended"]
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-k6", "ewc", "token-weighting", "token-weighting-b2", "freeze", "sap",
+           "defended"]
 # held-out rows that measure a setting's task (its own data) and general ability (the other set)
 HELD_OUT = {"alpaca": ("alpaca_heldout", "dolly_heldout"), "dolly": ("dolly_heldout", "alpaca_heldout"),
             "aoa": (None, "alpaca_heldout"), "harmful": ("alpaca_heldout", "dolly_heldout")}
