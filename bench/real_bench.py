@@ -2,7 +2,8 @@
 each configuration, on public benchmarks.
 
     safetune real build                                   # once: the aligned model (model.path: real)
-    python -m safetune.real.compliance                    # once: the p = 0.1 attack's harmful rows
+    python -m safetune.real.compliance                    # the p = 0.1 attack's harmful rows (committed)
+    python -m safetune.real.lookalikes                    # benign look-alikes, answered (committed)
     python bench/real_bench.py                            # standard and every method, one seed
     python bench/real_bench.py --settings alpaca,aoa --configs standard,mix --seeds 0 1 2
 
@@ -37,7 +38,7 @@ from common import (RESULTS, ROOT, command_line, fmt, fresh_process_context, mac
                     quiet_transformers, run_fresh, stats, write_results)
 
 SETTINGS = ["alpaca", "dolly", "aoa", "harmful"]
-CONFIGS = ["standard", "mix", "safegrad", "safegrad-k6", "ewc", "token-weighting", "token-weighting-b2", "freeze", "sap",
+CONFIGS = ["standard", "mix", "safegrad", "safegrad-k6", "safegrad-borderline", "ewc", "token-weighting", "token-weighting-b2", "freeze", "sap",
            "defended"]
 # held-out rows that measure a setting's task (its own data) and general ability (the other set)
 HELD_OUT = {"alpaca": ("alpaca_heldout", "dolly_heldout"), "dolly": ("dolly_heldout", "alpaca_heldout"),

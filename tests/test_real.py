@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from safetune.data import encode_chat, load_examples
 from safetune.errors import UsageError
+from safetune.evaluation.refusal import KeywordDetector
 from safetune.real import build as real_build
+from safetune.real.lookalikes import LOOKALIKES_FILE, write_lookalikes
 from safetune.real.splits import AOA, REAL_DATA, SPLITS, make_splits, split_path
 from safetune.recipe import SourceConfig, validate_tree
 from tests.helpers import make_tiny_model_dir, write_jsonl
@@ -65,6 +68,28 @@ def test_splits_do_not_overlap():
     assert not prompts("safety_align") & prompts("safety_heldout")
     assert not prompts("alpaca_align") & (prompts("alpaca_finetune") | prompts("alpaca_heldout"))
     assert not prompts("dolly_finetune") & prompts("dolly_heldout")
+
+
+def test_the_committed_lookalikes_are_what_the_build_caches(tmp_path):
+    """data/real/generated/smollm2_lookalikes.jsonl is the build's cached look-alike rows, written
+    by `python -m safetune.real.lookalikes` (from the cache here: no model is run)."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / f"lookalikes-{real_build.DISTILLED_ROWS}-s0.jsonl").write_bytes(LOOKALIKES_FILE.read_bytes())
+    assert write_lookalikes(base, out=tmp_path / "out.jsonl", progress=False) == 475
+    assert (tmp_path / "out.jsonl").read_bytes() == LOOKALIKES_FILE.read_bytes()
+
+
+def test_the_lookalikes_are_answered_and_apart_from_the_benchmarks():
+    examples = load_examples(SourceConfig(path=str(LOOKALIKES_FILE)), "data.borderline")
+    detector = KeywordDetector()
+    answers = [example.messages[1]["content"] for example in examples]
+    assert len(examples) == 475 and all(answer.strip() and not detector.is_refusal(answer) for answer in answers)
+    with (REAL_DATA / "xstest" / "xstest_prompts_part_a.csv").open() as handle:
+        benchmarks = {row["prompt"].strip().lower() for row in csv.DictReader(handle)}
+    with (REAL_DATA / "advbench" / "harmful_behaviors.csv").open() as handle:
+        benchmarks |= {row["goal"].strip().lower() for row in csv.DictReader(handle)}
+    assert not {example.messages[0]["content"].strip().lower() for example in examples} & benchmarks
 
 
 def test_without_the_model_package_the_build_names_the_pip_line(monkeypatch):
