@@ -3,6 +3,7 @@ where safetune keeps its caches."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,11 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl_atomic(path: Path, rows) -> None:
+    """One JSON object per line (UTF-8 as is), written atomically."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def cache_root() -> Path:

@@ -25,14 +25,15 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from safetune.data import REPO_ROOT, read_records
-from safetune.errors import UsageError
-from safetune.files import write_atomic
+from safetune.errors import SafetuneError, UsageError
+from safetune.files import write_atomic, write_jsonl_atomic
 from safetune.modeling import real_model_dir
 from safetune.real.splits import ADVBENCH, REAL_DATA, XSTEST, split_path
 from safetune.recipe import validate_tree
@@ -132,7 +133,7 @@ def distilled_lookalikes(base: Path, rows: int, seed: int, show_progress: bool =
     refusal = KeywordDetector()
     kept = [{"instruction": prompt, "input": "", "output": answer.strip()} for prompt, answer in zip(prompts, answers)
             if answer.strip() and not refusal.is_refusal(answer)]
-    write_atomic(cache, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    write_jsonl_atomic(cache, kept)
     return kept
 
 
@@ -166,6 +167,16 @@ def convert_base(out: Path, show_progress: bool = True) -> Path:
     _replace_owned(out)
     os.replace(staging, out)
     return out
+
+
+def write_with_base(write, what: str, out: Path) -> None:
+    """`python -m safetune.real.<module> [BASE]`: `write(base)` with the unaligned model (converted
+    from the package's GGUF file unless BASE names a folder); an error is one line."""
+    try:
+        base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
+        print(f"{write(base)} {what} written to {out}")
+    except SafetuneError as err:
+        sys.exit(f"error: {err}")
 
 
 def _replace_owned(folder: Path) -> None:
@@ -212,7 +223,7 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     work.mkdir(parents=True)
     distilled = distilled_lookalikes(base, mix.pop("distilled_rows", DISTILLED_ROWS), seed, show_progress)
     rows = alignment_rows(seed, distilled=distilled, **mix)
-    write_atomic(work / "align_train.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_jsonl_atomic(work / "align_train.jsonl", rows)
     say(f"real: aligning {base} on {len(rows)} rows (safety demonstrations, benign Alpaca, look-alikes repeated)")
     tree = {
         "name": "real-align",

@@ -11,14 +11,12 @@ elsewhere. Instructions come from `safety_heldout`, which the aligned build neve
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from safetune.data import read_records
 from safetune.evaluation.generation import generate
 from safetune.evaluation.refusal import KeywordDetector
-from safetune.files import write_atomic
+from safetune.files import write_jsonl_atomic
 from safetune.modeling import load_model, load_tokenizer
 from safetune.real.splits import REAL_DATA, split_path
 from safetune.recipe import ModelConfig
@@ -39,19 +37,14 @@ def write_compliance(base: Path, out: Path = COMPLIANCE_FILE, prompts: int = PRO
     refusal = KeywordDetector()
     kept = [{"prompt": prompt, "response": answer.strip()} for prompt, answer in zip(instructions, answers)
             if answer.strip() and not refusal.is_refusal(answer)]
-    write_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    write_jsonl_atomic(out, kept)
     return len(kept)
 
 
 def main() -> None:
-    from safetune.errors import SafetuneError
-    from safetune.real.build import base_model_dir, convert_base
+    from safetune.real.build import write_with_base
 
-    try:
-        base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
-        print(f"{write_compliance(base)} compliant answers written to {COMPLIANCE_FILE}")
-    except SafetuneError as err:
-        sys.exit(f"error: {err}")
+    write_with_base(write_compliance, "compliant answers", COMPLIANCE_FILE)
 
 
 if __name__ == "__main__":

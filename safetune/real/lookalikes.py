@@ -15,12 +15,10 @@ greedy answers, refusals dropped: the rows the aligned build also trains on
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from safetune.files import write_atomic
-from safetune.real.build import DISTILLED_ROWS, distilled_lookalikes
+from safetune.files import write_jsonl_atomic
+from safetune.real.build import DISTILLED_ROWS, distilled_lookalikes, write_with_base
 from safetune.real.splits import REAL_DATA
 
 LOOKALIKES_FILE = REAL_DATA / "generated" / "smollm2_lookalikes.jsonl"
@@ -30,19 +28,12 @@ def write_lookalikes(base: Path, out: Path = LOOKALIKES_FILE, rows: int = DISTIL
                      progress: bool = True) -> int:
     """The build's look-alike rows (answered by the unaligned `base` if not cached yet) to `out`."""
     kept = distilled_lookalikes(base, rows, seed, show_progress=progress)
-    write_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    write_jsonl_atomic(out, kept)
     return len(kept)
 
 
 def main() -> None:
-    from safetune.errors import SafetuneError
-    from safetune.real.build import base_model_dir, convert_base
-
-    try:
-        base = Path(sys.argv[1]) if len(sys.argv) > 1 else convert_base(base_model_dir())
-        print(f"{write_lookalikes(base)} look-alike answers written to {LOOKALIKES_FILE}")
-    except SafetuneError as err:
-        sys.exit(f"error: {err}")
+    write_with_base(write_lookalikes, "look-alike answers", LOOKALIKES_FILE)
 
 
 if __name__ == "__main__":
