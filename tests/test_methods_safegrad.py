@@ -215,6 +215,28 @@ def test_safety_average_is_an_exponential_average_of_recomputations():
 
 
 @pytest.mark.parametrize("separate", [False, True], ids=["joint", "separate"])
+def test_a_refresh_frees_the_old_safety_gradient_before_computing_the_new_one(separate):
+    """Without averaging, the old s (and its stacked rows) must be gone while the new one is
+    computed: on full fine-tuning each copy of s is the size of the model."""
+    extra = {"safety_data": "refusals_and_borderline", "constraints": "separate"} if separate else {}
+    method = SafeGrad(SafeGradMethod(name="safegrad", safety_every=2, **extra))
+    weight = torch.nn.Parameter(torch.zeros(3))
+    held_during_refresh = []
+
+    def draw(ctx, params):
+        held_during_refresh.append((method.cached, method.stacked))
+        parts = [[torch.randn(3)] for _ in range(2 if separate else 1)]
+        return parts if separate else parts[0]
+
+    method.safety_gradient = draw
+    for step in range(5):
+        weight.grad = torch.randn(3)
+        method.after_backward(SimpleNamespace(step=step, broadcast_tensors=lambda t: None, model=None,
+                                              trainable_parameters=lambda: [("w", weight)]))
+    assert held_during_refresh == [(None, None)] * 3
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["joint", "separate"])
 def test_restore_descends_the_safety_loss_at_each_fresh_safety_gradient(separate):
     """restore: μ adds μ·s to the (projected) gradient on the steps that computed s, and only then."""
     extra = {"safety_data": "refusals_and_borderline", "constraints": "separate"} if separate else {}

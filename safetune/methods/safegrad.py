@@ -48,7 +48,9 @@ Options (both spaces):
   for i = refusals, borderline, solved exactly by trying the active sets {}, {1}, {2},
   {1, 2} (KKT: multipliers ≥ 0, both constraints met) and keeping the cheapest valid one.
 
-Memory: the cached s (one copy of the trainable parameters' size); `space: update` also
+Memory: the cached s (one copy of the trainable parameters' size, two with `constraints:
+separate`; the old s is freed before a refresh computes the new one, unless `safety_average`
+needs it); `space: update` also
 keeps θ_old during the step, reused in place as d (one more copy, freed after the step).
 The dot products and the projection work one tensor at a time (no further gradient-size
 copy) and without a host sync: nothing waits for the GPU until the loop logs. The Gram
@@ -323,12 +325,14 @@ class SafeGrad(SafetyMethod):
                 parts = [[distribute_like(c, p) for c, p in zip(part, params)] for part in parts]
             self.cached = parts if self.separate else parts[0]
         if self.cached is None or ctx.step % self.config.safety_every == 0:
+            beta = self.config.safety_average
+            if beta == 0:  # the old s is not needed: free it first, so two copies of s never coexist
+                self.cached = self.stacked = self.gram = None
             fresh = self.safety_gradient(ctx, params)
             fresh_parts = fresh if self.separate else [fresh]
             for part in fresh_parts:
                 ctx.broadcast_tensors(part)  # every rank projects against the same s
-            beta = self.config.safety_average
-            if self.cached is None or beta == 0:
+            if self.cached is None:
                 self.cached = fresh
             else:  # exponential average across recomputations, in place
                 for part, new in zip(self.cached_parts(), fresh_parts):
