@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from common import (ROOT, RESULTS, abba, add_threads, command_line, machine, markdown_table, new_parser,
-                    paired_ratios, set_threads, timing, write_results)
+                    paired_ratios, set_threads, standard_of, timing, write_results)
 
 # `defended` is the configuration for training data that cannot be trusted: timed on such data
 DEFAULT_CONFIGS = ["standard", "ewc", "mix", "safegrad-k24", "safegrad", "sap", "token-weighting",
@@ -52,9 +52,10 @@ def parse_config(config: str) -> tuple[str, str, list[str]]:
 
 
 def reference_of(config: str) -> str:
-    """`standard` on the same data: what a config's step time is divided by."""
-    _, setting, _ = parse_config(config)
-    return f"standard@{setting}" if setting else "standard"
+    """`standard` (`standard-full` for a full-fine-tuning recipe) on the same data: what a
+    config's step time is divided by."""
+    name, setting, _ = parse_config(config)
+    return f"{standard_of(name)}@{setting}" if setting else standard_of(name)
 
 
 def recipe_and_overrides(recipes: str, task: str, config: str) -> tuple[Path, list[str]]:

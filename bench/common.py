@@ -41,6 +41,12 @@ if str(ROOT) not in sys.path:  # `import safetune` from a checkout that is not i
 
 
 # --------------------------------------------------------------------------- arguments
+def standard_of(config: str) -> str:
+    """The plain fine-tuning a configuration is compared with: `standard-full` for a
+    full-fine-tuning recipe (`<setting>-<method>-full.yaml`), `standard` otherwise."""
+    return "standard-full" if config.endswith("-full") else "standard"
+
+
 def new_parser(doc: str, summary_only: bool = False) -> argparse.ArgumentParser:
     """A parser whose --help shows the script's docstring (or only its first line), as written."""
     if summary_only:

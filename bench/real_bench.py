@@ -10,7 +10,13 @@ each configuration, on public benchmarks.
 Each run is a bundled recipe `recipes/real/<setting>-<config>.yaml` trained in its own
 process, one at a time (a 135M model wants both cores). Settings: `alpaca` and `dolly`
 (benign), `aoa` (identity shift: 10 chats, 10 epochs), `harmful` (Alpaca + 10 % harmful
-compliance). Per run: AdvBench refusal (keyword) and its fraction retained of the aligned
+compliance). The `-full` configurations (`standard-full`, `safegrad-borderline-full`,
+`token-weighting-b2-full`; harmful setting) fine-tune every weight, compared with
+`standard-full`:
+
+    python bench/real_bench.py --settings harmful --configs standard-full,safegrad-borderline-full --seeds 0 1 2
+
+Per run: AdvBench refusal (keyword) and its fraction retained of the aligned
 model's; XSTest part A over-refusal (safe prompts refused) and its unsafe contrasts
 refused; task quality (reference loss on held-out rows of the fine-tuning data) and general
 ability (on held-out rows of the other data set), each relative to the aligned model;
@@ -35,11 +41,13 @@ import traceback
 from pathlib import Path
 
 from common import (RESULTS, ROOT, command_line, fmt, fresh_process_context, machine, markdown_table, new_parser,
-                    quiet_transformers, run_fresh, stats, write_results)
+                    quiet_transformers, run_fresh, standard_of, stats, write_results)
 
 SETTINGS = ["alpaca", "dolly", "aoa", "harmful"]
 CONFIGS = ["standard", "mix", "safegrad", "safegrad-k6", "safegrad-borderline", "ewc", "token-weighting", "token-weighting-b2", "freeze", "sap",
            "defended"]
+# full fine-tuning (harmful setting only): each compared with `standard-full`, not LoRA's `standard`
+FULL_CONFIGS = ["standard-full", "safegrad-borderline-full", "token-weighting-b2-full"]
 # held-out rows that measure a setting's task (its own data) and general ability (the other set)
 HELD_OUT = {"alpaca": ("alpaca_heldout", "dolly_heldout"), "dolly": ("dolly_heldout", "alpaca_heldout"),
             "aoa": (None, "alpaca_heldout"), "harmful": ("alpaca_heldout", "dolly_heldout")}
@@ -136,13 +144,14 @@ def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> li
         task_set, general_set = HELD_OUT[setting]
         entry["general_ratio"] = stats([r["general_loss"] / aligned[general_set] for r in group])
         summary.append(entry)
-    for entry in summary:  # costs and task quality relative to `standard` of the same setting, this bench
-        standard = next((e for e in summary if e["setting"] == entry["setting"] and e["config"] == "standard"), None)
+    for entry in summary:  # costs and task quality relative to `standard` (or `standard-full`) of the same setting
+        reference = standard_of(entry["config"])
+        standard = next((e for e in summary if e["setting"] == entry["setting"] and e["config"] == reference), None)
         if standard:
             entry["memory_ratio"] = entry["peak_rss_mb"]["mean"] / standard["peak_rss_mb"]["mean"]
             if entry["task_loss"] and standard["task_loss"]:
                 entry["task_ratio"] = entry["task_loss"]["mean"] / standard["task_loss"]["mean"]
-    order = {name: i for i, name in enumerate(CONFIGS)}
+    order = {name: i for i, name in enumerate(CONFIGS + FULL_CONFIGS)}
     summary.sort(key=lambda e: (SETTINGS.index(e["setting"]), order.get(e["config"], len(order))))
     return summary
 

@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from safetune.data import encode_chat, load_examples
 from safetune.errors import UsageError
@@ -120,6 +121,21 @@ def test_the_alignment_build_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypat
         real_build.build(base, base=base, steps=1, show_progress=False, evaluate=False)  # never over others' files
 
 
+def test_a_full_fine_tuning_build_trains_every_weight(tmp_path, monkeypatch):
+    """lora=None: the build fine-tunes every weight (the embeddings too, which LoRA on the
+    linear layers never changes) and saves a plain model folder."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(real_build, "MAX_SEQ_LEN", 64)
+    base = make_tiny_model_dir(tmp_path / "base")
+    out = real_build.build(tmp_path / "aligned", base=base, steps=2, show_progress=False, evaluate=False,
+                           lora=None, learning_rate=1e-2, safety_rows=16, benign_rows=16, distilled_rows=4)
+    assert json.loads((out / "align_recipe.json").read_text())["model"]["lora"] is None
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    embeddings = next(name for name in before if "embed_tokens" in name)
+    assert not torch.equal(before[embeddings], after[embeddings])
+
+
 _REAL_SUITES = real_build.real_suites
 
 
@@ -158,3 +174,19 @@ def test_real_bench_runs_a_setting_end_to_end_on_a_tiny_stand_in(tmp_path):
     mix_row = next(line for line in (tmp_path / "results" / "real.md").read_text().splitlines()
                    if line.startswith("| aoa | mix | 1 |"))
     assert mix_row.split("|")[-3].strip() == "1.37"  # step time ÷ standard, from the cost bench
+
+
+def test_full_fine_tuning_configs_are_compared_with_standard_full(monkeypatch):
+    """A `-full` recipe's cost and task quality are divided by full fine-tuning's `standard`, not LoRA's."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    from bench_methods import reference_of
+    from real_bench import FULL_CONFIGS
+
+    assert reference_of("safegrad-borderline-full") == reference_of("standard-full") == "standard-full"
+    assert reference_of("safegrad-borderline") == "standard"
+    assert reference_of("defended-full@harmful-10%") == "standard-full@harmful-10%"
+    for config in FULL_CONFIGS:  # each is a bundled recipe of the harmful setting
+        assert (bench.parent / "recipes" / "real" / f"harmful-{config}.yaml").is_file(), config

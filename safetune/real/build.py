@@ -199,11 +199,13 @@ def fingerprint(model_dir: Path) -> str:
 
 def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, evaluate: bool = True,
           advbench_limit: int | None = None, show_progress: bool = True, threads: int | None = None,
-          base: Path | None = None, **mix) -> Path:
+          base: Path | None = None, lora: dict | None = LORA, learning_rate: float | None = None,
+          **mix) -> Path:
     """Build the aligned model into `out` (default `real_model_dir()`); return the folder.
 
     `base` replaces the converted GGUF model (tests use a tiny random model); `mix` takes
-    the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows).
+    the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows);
+    `lora=None` (with a `learning_rate` of its own) trials full fine-tuning instead of LoRA.
     """
     from safetune.modeling import load_model
     from safetune.training import train
@@ -227,10 +229,11 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     say(f"real: aligning {base} on {len(rows)} rows (safety demonstrations, benign Alpaca, look-alikes repeated)")
     tree = {
         "name": "real-align",
-        "model": {"path": str(base), "lora": LORA},
+        "model": {"path": str(base), "lora": lora},
         "data": {"train": {"path": str(work / "align_train.jsonl")}, "max_seq_len": MAX_SEQ_LEN},
         "method": "standard",
-        "train": {**TRAIN_SETTINGS, "seed": seed} | ({"max_steps": steps} if steps else {}),
+        "train": {**TRAIN_SETTINGS, "seed": seed} | ({"max_steps": steps} if steps else {})
+                 | ({"learning_rate": learning_rate} if learning_rate else {}),
         "eval": {"suites": real_suites(advbench_limit), "at_end": False, **EVAL},
         "output": {"dir": str(work / "run")},
     }
@@ -238,7 +241,7 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     trained_s = time.perf_counter() - started - converted_s
 
     recipe = validate_tree(tree)
-    merged = load_model(recipe.model, path=str(result.final_dir))  # LoRA adapters merged into the base
+    merged = load_model(recipe.model, path=str(result.final_dir))  # LoRA adapters (if any) merged into the base
     staging = work / "aligned"
     merged.save_pretrained(staging, safe_serialization=True)
     from transformers import AutoTokenizer
@@ -254,7 +257,8 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     build_s = time.perf_counter() - started
     say(f"real: aligned model saved to {out} in {build_s / 60:.1f} min, fingerprint {digest[:16]}")
     timing = {"convert_s": round(converted_s, 1), "train_s": round(trained_s, 1), "build_s": round(build_s, 1),
-              "threads": torch.get_num_threads(), "steps": recipe.train.max_steps, "rows": len(rows)}
+              "threads": torch.get_num_threads(), "steps": recipe.train.max_steps, "rows": len(rows),
+              "training": "LoRA" if lora else "full fine-tuning"}
     if evaluate:
         measure(out, base, timing, advbench_limit=advbench_limit, show_progress=show_progress)
     return out
@@ -329,5 +333,5 @@ def _markdown(report: dict) -> str:
     timing = report.get("timing") or {}
     if timing:
         lines.append(f"\nbuild: {timing.get('build_s', 0) / 60:.1f} min on {timing.get('threads')} threads "
-                     f"({timing.get('steps')} LoRA steps over {timing.get('rows')} rows)")
+                     f"({timing.get('steps')} {timing.get('training', 'LoRA')} steps over {timing.get('rows')} rows)")
     return "\n".join(lines) + "\n"
