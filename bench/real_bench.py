@@ -214,7 +214,8 @@ def markdown(summary: list[dict], baselines: dict[str, dict], aligned: dict, met
 def main() -> None:
     parser = new_parser(__doc__)
     parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS + FULL_CONFIGS),
+                        help="comma-separated; a setting without a recipe for a config skips it (the -full ones: harmful)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run (runs go one at a time)")
     parser.add_argument("--override", action="append", default=[], help="recipe override for every run")
@@ -231,7 +232,11 @@ def main() -> None:
     started = time.perf_counter()
     aligned = aligned_figures(args.out, context)
 
-    jobs = [(s, c, seed) for seed in args.seeds for s in args.settings.split(",") for c in args.configs.split(",")]
+    pairs = [(s, c) for s in args.settings.split(",") for c in args.configs.split(",")]
+    missing = [f"{s}-{c}" for s, c in pairs if not (ROOT / "recipes" / "real" / f"{s}-{c}.yaml").is_file()]
+    if missing:
+        print(f"no recipe, skipped: {', '.join(missing)}", flush=True)
+    jobs = [(s, c, seed) for seed in args.seeds for s, c in pairs if f"{s}-{c}" not in missing]
     rows_file = args.out / "rows.jsonl"
     done = []
     if (args.reuse or args.table_only) and rows_file.is_file():
