@@ -464,6 +464,12 @@ class SAPMethod(Section):
         description="Preference pairs (a refusal against a data.harmful compliance to the same prompt) behind the "
                     "harmful direction.",
     )
+    pairs_per_pass: int | None = Field(
+        None, ge=1,
+        description="Preference pairs per forward pass behind the harmful direction (two rows each); null: half of "
+                    "train.batch_size, so a pass holds no more rows than a task batch. The same direction, in less "
+                    "memory.",
+    )
     every: int = Field(1, ge=1, description="Retrain the probe every k steps and reuse it in between.")
 
     @property

@@ -49,6 +49,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def backward(scaler: torch.amp.GradScaler, loss: torch.Tensor, device: torch.device) -> None:
+    """Backpropagate `loss` with fp16's loss scale, outside autocast (a method may call this
+    from inside a forward pass, through ctx.backward)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        scaler.scale(loss).backward()
+
+
 def micro_batches(schedule: BatchSchedule, methods: list[SafetyMethod], ctx: MethodContext, step: int,
                   accum: int) -> list[list[Example]]:
     """The step's `accum` global micro-batches, as the methods prepare them (e.g. mix adds its
@@ -91,9 +98,11 @@ def accumulate_gradients(batches: list[list[Example]], methods: list[SafetyMetho
         # DDP: all-reduce on the last pass only. FSDP reduce-scatters every micro-batch:
         # skipping it would keep every layer's whole gradient in memory, which FSDP exists to avoid.
         skip_sync = index < len(passes) - 1 and dist.enabled and not dist.sharded
+        ctx.backward = lambda term: backward(scaler, term * weight, ctx.device)
         with (train_model.no_sync() if skip_sync else nullcontext()), autocast(ctx.device, autocast_dtype):
             loss = compute_loss(methods, ctx, train_model, batch)
-        scaler.scale(loss * weight).backward()
+        ctx.backward = None
+        backward(scaler, loss * weight, ctx.device)
         loss_sum += loss.detach().float() * weight
         tokens += sum(len(e.input_ids) for e in mine)  # counted on the host: no device sync
     return loss_sum / dist.world_size, tokens

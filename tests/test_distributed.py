@@ -50,6 +50,9 @@ def recipe_file(tmp_path, tiny_model_dir, tiny_data, method) -> tuple[dict, Path
     pytest.param({"name": "ewc", "strength": 100.0, "fisher_samples": 8}, marks=pytest.mark.slow),
     # mix adds its share to the global batch before it is sharded: 4 safety rows on 4 task rows either way
     pytest.param({"name": "mix", "safety_fraction": 0.5}, marks=pytest.mark.slow),
+    # its refusal term is backpropagated apart, before the task's forward: DDP syncs it with the task's
+    pytest.param({"name": "token_weighting", "scorer": "none", "alpha": 0.5, "safety_batch_size": 2},
+                 marks=pytest.mark.slow),
 ])
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tiny_data, tmp_path, method):
     tree, path = recipe_file(tmp_path, tiny_model_dir, tiny_data, method)

@@ -197,6 +197,16 @@ def test_probe_step_raises_the_task_loss_at_the_shifted_point(model_dir, tiny_da
     assert with_probe > without
 
 
+def test_harmful_direction_pass_by_pass_is_the_one_of_all_pairs_at_once(model_dir, tiny_data, tmp_path):
+    ctx, method, _ = setup_sap(model_dir, tiny_data, tmp_path, pairs_per_step=5, pairs_per_pass=5)
+    params = [p for _, p in ctx.trainable_parameters()]
+    whole = method.harmful_direction(ctx, params)
+    method.config.pairs_per_pass = 2  # passes of 2, 2 and 1 pairs
+    parts = method.harmful_direction(ctx, params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, parts))
+    assert float(sum((a * a).sum() for a in whole)) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_resume_mid_cycle_is_bit_identical(model_dir, tiny_data, tmp_path):
     # every=3: step 2 reuses the probe trained at step 0, so the cached probe must survive the checkpoint
     method = {"name": "sap", "every": 3, "epsilon": 0.05}

@@ -118,6 +118,37 @@ def test_loss_adds_alpha_times_refusal_and_npo(tiny_model_dir, tiny_data, tmp_pa
     assert torch.allclose(total, ctx.model(**batch).loss + 0.5 * (safety + 2.0 * npo), rtol=1e-5)
 
 
+def test_safety_terms_are_backpropagated_before_the_task_forward_with_the_same_gradient(tiny_model_dir, tiny_data,
+                                                                                        tmp_path, monkeypatch):
+    """With ctx.backward the refusal and NPO graphs are gone before the task's forward pass
+    (they never take memory together), and the gradient is the one of the summed loss."""
+    ctx, method, data = setup_method(tiny_model_dir, tiny_data, tmp_path, harmful_ratio=0.5, scorer="reference",
+                                     alpha=0.5, npo_weight=2.0)
+    batch = ctx.batch_to_device(data.train[:4])
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    ctx.step = 2
+    combined = method.loss(ctx, batch)
+    expected = torch.autograd.grad(combined, params)
+
+    events = []
+    ctx.backward = lambda term: (events.append("backward"), term.backward())
+    original = tw.next_token_logprobs
+
+    def spy(model, batch):
+        if model is not ctx.reference_model:
+            events.append("task forward")
+        return original(model, batch)
+
+    monkeypatch.setattr(tw, "next_token_logprobs", spy)
+    method.micro = (None, 0)  # draw the same safety batch again
+    separate = method.loss(ctx, batch)
+    separate.backward()
+    assert events == ["backward", "backward", "task forward"]  # refusals, NPO, then the task
+    assert torch.allclose(separate, combined.detach(), rtol=1e-5)
+    for p, g in zip(params, expected):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
 def test_safety_tokens_cut_the_refusal_objective_to_the_first_answer_tokens(tiny_model_dir, tiny_data, tmp_path):
     ctx, method, data = setup_method(tiny_model_dir, tiny_data, tmp_path, scorer="none", alpha=0.5, safety_tokens=2)
     batch = ctx.batch_to_device(data.train[:4])

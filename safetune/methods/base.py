@@ -4,6 +4,7 @@ A method never opens files or parses YAML. The training loop calls its hooks in 
 order each optimizer step:
 
     prepare_batch  -> (loss | default cross-entropy) + extra_loss  -> backward
+                      (a term on other data may be backpropagated first: ctx.backward)
     ... repeated for each micro-batch of gradient accumulation ...
     after_backward (edit the accumulated, synchronised .grad)  -> clip
     before_step -> optimizer.step -> after_step (e.g. edit the applied update, reset a probe)
@@ -46,6 +47,12 @@ class MethodContext:
     is_main: bool = True
     # makes a safety-side tensor list identical on every rank (rank 0's); a no-op on one process
     broadcast_tensors: Callable[[list[torch.Tensor]], None] = lambda tensors: None
+    # Backpropagates a loss term at once, weighted and scaled as the pass's loss is (set by the
+    # loop for each forward pass; None outside one). A method whose term is a forward pass of
+    # its own (e.g. on safety data) calls it BEFORE the task's forward: that graph is then
+    # freed before the task's is built, so the two never take memory at the same time. (DDP:
+    # gradients accumulate locally until the task's backward synchronises them all.)
+    backward: Callable[[torch.Tensor], None] | None = None
 
     def task_model(self) -> nn.Module:
         return self.train_model if self.train_model is not None else self.model

@@ -22,8 +22,8 @@ another method - computes the task loss with the probe active):
 In a distributed run each rank trains its probe on its own micro-batch (the pairs, and so
 the shift, are the same on every rank); the probes are not averaged across ranks.
 
-Cost of a probed step, on top of the task's own forward/backward: one forward/backward
-on 2·pairs_per_step sequences (step 1), `probe_steps` forward/backward passes on the task
+Cost of a probed step, on top of the task's own forward/backward: forward/backward passes
+over 2·pairs_per_step sequences, `pairs_per_pass` pairs at a time (step 1), `probe_steps` forward/backward passes on the task
 micro-batch (step 3; the backward stops at the lowest probed layer), and one copy of the
 trainable weights. `every: k` trains the probe every k-th step and reuses its trained
 values in between, so the amortised cost is that divided by k.
@@ -109,11 +109,18 @@ class SAP(SafetyMethod):
     def harmful_direction(self, ctx: MethodContext, params: list[nn.Parameter]) -> list[torch.Tensor]:
         """Step 1: the normalised gradient of the contrastive loss (+d favours the compliance)."""
         picks = draw_examples(self.pairs, self.config.pairs_per_step, ctx.seed, draw=ctx.step)
-        size = len(picks)
-        batch = ctx.batch_to_device([chosen for chosen, _ in picks] + [rejected for _, rejected in picks])
-        log_p = sequence_logprob(ctx.model, batch)
-        contrastive = -F.logsigmoid(log_p[:size] - log_p[size:]).mean()
-        grads = loss_gradients(contrastive, params)
+        # the loss is a mean over pairs: pass by pass, each pass's gradient summed, is the same
+        # gradient, and no pass holds more activations than a task batch does
+        per_pass = self.config.pairs_per_pass or max(1, ctx.recipe.train.batch_size // 2)
+        grads = None
+        for start in range(0, len(picks), per_pass):
+            chunk = picks[start : start + per_pass]
+            batch = ctx.batch_to_device([chosen for chosen, _ in chunk] + [rejected for _, rejected in chunk])
+            log_p = sequence_logprob(ctx.model, batch)
+            size = len(chunk)
+            contrastive = -F.logsigmoid(log_p[:size] - log_p[size:]).sum() / len(picks)
+            part = loss_gradients(contrastive, params)
+            grads = part if grads is None else torch._foreach_add(grads, part)
         norm = global_norm(grads)
         return [g / norm for g in grads] if norm > 0 else grads
 

@@ -187,22 +187,34 @@ class TokenWeighting(SafetyMethod):
         return weights
 
     def loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        safety = self.safety_terms(ctx) if self.use_safety else 0.0
         # the task forward goes through the (possibly DDP-wrapped) training model; safety-side passes do not
         log_p, mask = next_token_logprobs(ctx.task_model(), batch)
         weights = self.weights(ctx, batch, log_p, mask)
         task = -(weights * log_p).sum() / weights.sum().clamp(min=1e-12)
         self.record(weights, mask)
-        if not self.use_safety:
-            return task
+        return task + safety
+
+    def safety_terms(self, ctx: MethodContext) -> torch.Tensor:
+        """α·(refusal objective + npo_weight·NPO), each term backpropagated at once when the loop
+        allows it (ctx.backward): then only its value is returned, and its graph is gone before
+        the task's forward builds another."""
         step, micro = self.micro
         self.micro = (ctx.step, micro + 1 if step == ctx.step else 0)
         draw = ctx.step * 1024 + self.micro[1]
-        safety = safety_objective(ctx, self.config, draw, method=self.name)
+        terms = [lambda: safety_objective(ctx, self.config, draw, method=self.name)]
         if self.use_npo:
             harmful = ctx.batch_to_device(draw_examples(self.harmful, self.config.safety_batch_size, ctx.seed + 1, draw))
-            safety = safety + self.config.npo_weight * npo_loss(ctx.model, ctx.reference_model, harmful,
-                                                                self.config.npo_beta)
-        return task + self.config.alpha * safety
+            terms.append(lambda: self.config.npo_weight * npo_loss(ctx.model, ctx.reference_model, harmful,
+                                                                   self.config.npo_beta))
+        total = 0.0
+        for term in terms:
+            value = self.config.alpha * term()
+            if ctx.backward is not None:
+                ctx.backward(value)
+                value = value.detach()
+            total = total + value
+        return total
 
     def record(self, weights: torch.Tensor, mask: torch.Tensor) -> None:
         """The weight statistics of the trained tokens, kept as tensors (no host sync per step)."""
