@@ -21,7 +21,13 @@ model's; XSTest part A over-refusal (safe prompts refused) and its unsafe contra
 refused; task quality (reference loss on held-out rows of the fine-tuning data) and general
 ability (on held-out rows of the other data set), each relative to the aligned model;
 peak memory of the run's process relative to `standard`'s. Rows go to <out>/rows.jsonl as
-they finish (--reuse keeps them); tables to bench/results/real.md/.json.
+they finish (--reuse keeps them; a run done again replaces its earlier row); tables to
+bench/results/real.md/.json. On a fresh clone the run folders are gone but the committed
+table's runs are not: `--from-results bench/results/real.json` starts <out> with them, so a
+run done again joins the others in the table:
+
+    python bench/real_bench.py --from-results bench/results/real.json --settings aoa --configs ewc
+    python bench/real_bench.py --table-only --seeds 0 1 2
 
 Step time is not read from these runs (whole runs in separate processes differ by 10-20 %
 on this machine): the table takes it from the interleaved cost bench, when it has been run
@@ -120,14 +126,28 @@ def aligned_figures(out: Path, context) -> dict:
 
 def setting_baselines(out: Path) -> dict[str, dict]:
     """setting -> the aligned model's rates, asked as that setting's recipes ask (the aoa
-    recipes use the attack's system prompt and prefix): from any run folder's baseline copy."""
+    recipes use the attack's system prompt and prefix): from any run folder's baseline copy,
+    else from <out>/baselines.json (written by --from-results)."""
     from safetune.lab.build import suite_rates
 
-    baselines = {}
+    saved = out / "baselines.json"
+    baselines = json.loads(saved.read_text()) if saved.is_file() else {}
     for report in sorted(out.glob("*-s*/baseline/safety_report.json")):
         setting = report.parent.parent.name.split("-")[0]
-        baselines.setdefault(setting, suite_rates(json.loads(report.read_text())))
+        baselines[setting] = suite_rates(json.loads(report.read_text()))
     return baselines
+
+
+def start_from_results(out: Path, results_file: Path) -> None:
+    """Start <out> with a results file's runs and baselines (a fresh clone has the committed
+    bench/results/real.json but no run folders): new runs then join the committed ones."""
+    rows_file = out / "rows.jsonl"
+    if rows_file.is_file():
+        sys.exit(f"error: {rows_file} exists: --from-results starts a bench folder, it never merges into one")
+    results = json.loads(results_file.read_text())
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in results["runs"]))
+    (out / "baselines.json").write_text(json.dumps(results["baselines"]))
+    print(f"{len(results['runs'])} runs and the baselines from {results_file}", flush=True)
 
 
 def aggregate(rows: list[dict], aligned: dict, baselines: dict[str, dict]) -> list[dict]:
@@ -223,11 +243,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="real", help="results file name (<results>/<name>.md/.json)")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already in <out>/rows.jsonl")
+    parser.add_argument("--from-results", type=Path, metavar="FILE",
+                        help="start an empty <out> with a results file's runs (e.g. the committed bench/results/real.json): "
+                             "--reuse and --table-only then count them; a run done again replaces its row")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: the table of the runs already in <out>/rows.jsonl (implies --reuse)")
     args = parser.parse_args()
     quiet_transformers()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        start_from_results(args.out, args.from_results)
     context = fresh_process_context(["torch", "transformers", "safetune.training"], threads=args.threads)
     started = time.perf_counter()
     aligned = aligned_figures(args.out, context)
@@ -240,8 +265,9 @@ def main() -> None:
     rows_file = args.out / "rows.jsonl"
     done = []
     if (args.reuse or args.table_only) and rows_file.is_file():
-        done = [r for r in map(json.loads, rows_file.read_text().splitlines())
-                if r.get("overrides") == args.override and (r["setting"], r["config"], r["seed"]) in jobs]
+        latest = {(r["setting"], r["config"], r["seed"]): r for r in map(json.loads, rows_file.read_text().splitlines())
+                  if r.get("overrides") == args.override}  # a run done again replaces the earlier one
+        done = [row for key, row in latest.items() if key in jobs]
         jobs = [job for job in jobs if job not in {(r["setting"], r["config"], r["seed"]) for r in done}]
     if args.table_only:
         jobs = []

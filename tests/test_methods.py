@@ -1,6 +1,7 @@
 """Each safety method's defining property, checked on a tiny model."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from safetune.methods import MethodContext, build_methods
 from safetune.methods import layers as detection
 from safetune.methods.ewc import EWC
 from safetune.methods.safegrad import SafeGrad, project_conflicting
-from safetune.methods.safety_signal import diagonal_fisher, kl_to_reference, safety_batch
+from safetune.methods.safety_signal import (diagonal_fisher, kl_to_reference, safety_batch, task_pass_tokens,
+                                           token_passes)
 from safetune.modeling import load_model, load_tokenizer
 from safetune.recipe import EWCMethod, ModelConfig, SafeGradMethod, SourceConfig, validate_tree
 from safetune.training import train
@@ -254,6 +256,27 @@ def test_ewc_fisher_cached_and_reused(tiny_model_dir, tiny_data, tmp_path, monke
     second = EWC(EWCMethod(name="ewc", fisher_samples=16))
     second.setup(ctx)
     assert all(torch.equal(first.fisher[k], second.fisher[k]) for k in first.fisher)
+
+
+def test_fisher_in_passes_within_a_task_pass_is_the_fisher_of_whole_batches(tiny_model_dir, tiny_data, tmp_path):
+    # short task rows (identity-shift chats beside long safety demonstrations): the Fisher's
+    # batches of 8 are split into passes no larger than a task pass, with the same result
+    from types import SimpleNamespace
+
+    ctx = context(tiny_model_dir, tiny_data, tmp_path)
+    whole = diagonal_fisher(ctx, 16, 8)  # no task data: one pass per batch
+    ctx.recipe = SimpleNamespace(train=SimpleNamespace(batch_size=2))
+    ctx.train_examples = [replace(example, input_ids=example.input_ids[:8], labels=example.labels[:8],
+                                  position_ids=example.position_ids[:8], _trained=None) for example in ctx.safety[:4]]
+    budget = task_pass_tokens(ctx)
+    assert budget == 16
+    batch = safety_batch(ctx, 8, -1)
+    passes = token_passes(batch, budget)
+    assert len(passes) > 1 and sorted(map(id, sum(passes, []))) == sorted(map(id, batch))
+    assert all(len(chunk) == 1 or len(chunk) * max(len(e.input_ids) for e in chunk) <= budget for chunk in passes)
+    split = diagonal_fisher(ctx, 16, 8)
+    for name in whole:
+        assert torch.allclose(split[name], whole[name], rtol=1e-4, atol=1e-10)
 
 
 def test_ewc_borderline_fisher_adds_the_benign_answers_fisher(tiny_model_dir, tiny_data, tmp_path):

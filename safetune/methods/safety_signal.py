@@ -170,22 +170,56 @@ def diagonal_fisher(ctx: MethodContext, samples: int, batch_size: int, borderlin
     Computed over micro-batches of `batch_size` safety examples (an empirical Fisher at
     batch granularity: cheaper than per-example gradients, same ranking in practice).
     `borderline=True`: the same for the loss of data.borderline's normal answers.
+    A batch larger than a task pass (`task_pass_tokens`) is run in passes whose gradients
+    add up to the batch's: the same Fisher, in no more memory than a training step takes.
     """
     params = ctx.trainable_parameters()
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params}
     batches = max(1, samples // batch_size)
+    budget = task_pass_tokens(ctx)
     was_training = ctx.model.training
     ctx.model.eval()  # no dropout noise in the estimate
     for index in range(batches):
         draw = -(index + 1)
         examples = (borderline_batch(ctx, batch_size, draw, "ewc") if borderline
                     else safety_batch(ctx, batch_size, draw))
-        loss = refusal_ce(ctx.model, ctx.batch_to_device(examples))
-        grads = loss_gradients(loss, [p for _, p in params])
-        for (name, _), grad in zip(params, grads):
+        total = max(1, sum(example.trained_tokens for example in examples))
+        batch_grads = None
+        for chunk in token_passes(examples, budget):
+            # the batch's mean loss = the passes' mean losses weighted by their share of its tokens
+            share = sum(example.trained_tokens for example in chunk) / total
+            loss = refusal_ce(ctx.model, ctx.batch_to_device(chunk)) * share
+            grads = loss_gradients(loss, [p for _, p in params])
+            batch_grads = grads if batch_grads is None else [a + b for a, b in zip(batch_grads, grads)]
+        for (name, _), grad in zip(params, batch_grads):
             fisher[name] += grad.float() ** 2 / batches
     ctx.model.train(was_training)
     return fisher
+
+
+def task_pass_tokens(ctx: MethodContext) -> int | None:
+    """The most (padded) tokens one pass of the task can hold: train.batch_size rows of its
+    longest example. A setup pass over safety data that stays within it takes no more memory
+    than training itself (10 short identity-shift chats beside 8 long safety demonstrations
+    made EWC's and freeze's setup the run's peak). None when there is no task data to go by."""
+    if ctx.recipe is None or not ctx.train_examples:
+        return None
+    return ctx.recipe.train.batch_size * max(len(example.input_ids) for example in ctx.train_examples)
+
+
+def token_passes(examples: list[Example], budget: int | None) -> list[list[Example]]:
+    """`examples` as passes of at most `budget` padded tokens (rows x the longest row; one
+    row at least): length-sorted, so rows of a pass have similar lengths. A batch within
+    the budget (or no budget) is one pass, in its drawn order."""
+    if budget is None or len(examples) * max(len(e.input_ids) for e in examples) <= budget:
+        return [examples]
+    passes, current = [], []
+    for example in sorted(examples, key=lambda e: len(e.input_ids)):
+        if current and (len(current) + 1) * len(example.input_ids) > budget:
+            passes.append(current)
+            current = []
+        current.append(example)
+    return passes + [current]
 
 
 # --------------------------------------------------------------------------- per-token scores, preference pairs
