@@ -147,6 +147,7 @@ def start_from_results(out: Path, results_file: Path) -> None:
     results = json.loads(results_file.read_text())
     rows_file.write_text("".join(json.dumps(row) + "\n" for row in results["runs"]))
     (out / "baselines.json").write_text(json.dumps(results["baselines"]))
+    (out / "aligned_losses.json").write_text(json.dumps(results["aligned_losses"]))  # what its rows are relative to
     print(f"{len(results['runs'])} runs and the baselines from {results_file}", flush=True)
 
 
