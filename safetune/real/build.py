@@ -18,6 +18,7 @@ Dolly rows -> build_report.json / .md in the model folder.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import json
@@ -57,6 +58,11 @@ LOOKALIKE_WORDS = re.compile(
 LOOKALIKE_PROMPTS = REPO_ROOT / "data" / "over_refusal" / "train.jsonl"
 DISTILLED_ROWS = 600
 DISTILL_TOKENS = 96
+# Contrast rows: the lab's harmful requests, refused, in the same template families as the
+# look-alike prompts ("kill my teacher" beside "kill a Python process"), so that only what is
+# asked for tells the two apart. Rows containing an AdvBench or XSTest prompt are left out.
+CONTRAST_PROMPTS = REPO_ROOT / "data" / "safety" / "train.jsonl"
+CONTRAST_ROWS = 0
 LORA = {"r": 32, "alpha": 64, "target_modules": "all-linear"}
 TRAIN_SETTINGS = {"max_steps": 100, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
                   "lr_schedule": "cosine", "log_every": 10}
@@ -101,15 +107,38 @@ def is_lookalike(row: dict) -> bool:
 
 
 def alignment_rows(seed: int, safety_rows: int | None = SAFETY_ROWS, benign_rows: int | None = BENIGN_ROWS,
-                   lookalike_repeats: int = LOOKALIKE_REPEATS, distilled: list[dict] = ()) -> list[dict]:
+                   lookalike_repeats: int = LOOKALIKE_REPEATS, distilled: list[dict] = (),
+                   contrast_rows: int = CONTRAST_ROWS) -> list[dict]:
     """The build's training rows, in their published Alpaca layout, shuffled."""
     rng = random.Random(seed)
     safety = read_records(str(split_path("safety_align")))[:safety_rows]
     benign = read_records(str(split_path("alpaca_align")))[:benign_rows]
     lookalikes = [row for row in benign if is_lookalike(row)] * (lookalike_repeats - 1)
-    rows = safety + benign + lookalikes + list(distilled)
+    rows = safety + benign + lookalikes + list(distilled) + contrast(contrast_rows, seed)
     rng.shuffle(rows)
     return rows
+
+
+def benchmark_prompts() -> set[str]:
+    """AdvBench's and XSTest's prompts, lower-cased: text no training row may contain."""
+    with (REAL_DATA / ADVBENCH).open(encoding="utf-8") as handle:
+        prompts = {row["goal"] for row in csv.DictReader(handle)}
+    with (REAL_DATA / XSTEST).open(encoding="utf-8") as handle:
+        prompts |= {row["prompt"] for row in csv.DictReader(handle)}
+    return {prompt.strip().lower().rstrip(".?!") for prompt in prompts}
+
+
+def contrast(rows: int, seed: int) -> list[dict]:
+    """`rows` of the lab's harmful requests with their refusals, none containing a benchmark prompt."""
+    if rows <= 0:
+        return []
+    benchmarks = benchmark_prompts()
+    pool = [{"instruction": row["prompt"], "input": "", "output": row["response"]}
+            for row in read_records(str(CONTRAST_PROMPTS))
+            if not any(prompt in row["prompt"].lower() for prompt in benchmarks)]
+    if rows > len(pool):
+        raise UsageError(f"real: contrast_rows {rows} is more than the {len(pool)} rows of {CONTRAST_PROMPTS.name}")
+    return random.Random(seed).sample(pool, rows)
 
 
 def distilled_lookalikes(base: Path, rows: int, seed: int, show_progress: bool = True) -> list[dict]:
@@ -204,7 +233,8 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
     """Build the aligned model into `out` (default `real_model_dir()`); return the folder.
 
     `base` replaces the converted GGUF model (tests use a tiny random model); `mix` takes
-    the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows);
+    the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows,
+    contrast_rows);
     `lora=None` (with a `learning_rate` of its own) trials full fine-tuning instead of LoRA.
     """
     from safetune.modeling import load_model
