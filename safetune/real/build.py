@@ -137,7 +137,8 @@ def contrast(rows: int, seed: int) -> list[dict]:
             for row in read_records(str(CONTRAST_PROMPTS))
             if not any(prompt in row["prompt"].lower() for prompt in benchmarks)]
     if rows > len(pool):
-        raise UsageError(f"real: contrast_rows {rows} is more than the {len(pool)} rows of {CONTRAST_PROMPTS.name}")
+        raise UsageError(f"real: contrast_rows {rows} is more than the {len(pool)} rows of "
+                         f"{CONTRAST_PROMPTS.relative_to(REPO_ROOT)} that quote no benchmark prompt")
     return random.Random(seed).sample(pool, rows)
 
 
