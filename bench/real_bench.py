@@ -64,7 +64,7 @@ METRICS = ["advbench", "retained", "xstest_safe", "xstest_unsafe", "task_loss", 
 # --------------------------------------------------------------------------- one run (child)
 def reference_losses(model_dir: Path) -> dict[str, float]:
     from safetune.modeling import load_model, load_tokenizer
-    from safetune.real.build import reference_losses as losses
+    from safetune.real.measure import reference_losses as losses
     from safetune.recipe import ModelConfig
 
     config = ModelConfig(path=str(model_dir))
@@ -73,9 +73,9 @@ def reference_losses(model_dir: Path) -> dict[str, float]:
 
 def run_one(setting: str, config: str, seed: int, out: Path, overrides: list[str]) -> dict:
     """Train one recipe (its final evaluation included); then the reference losses of final/."""
-    from safetune.lab.build import suite_rates
+    from safetune.evaluation.report import suite_rates
     from safetune.modeling import load_model, load_tokenizer
-    from safetune.real.build import reference_losses as losses
+    from safetune.real.measure import reference_losses as losses
     from safetune.recipe import load_recipe
     from safetune.training import train
 
@@ -128,7 +128,7 @@ def setting_baselines(out: Path) -> dict[str, dict]:
     """setting -> the aligned model's rates, asked as that setting's recipes ask (the aoa
     recipes use the attack's system prompt and prefix): from any run folder's baseline copy,
     else from <out>/baselines.json (written by --from-results)."""
-    from safetune.lab.build import suite_rates
+    from safetune.evaluation.report import suite_rates
 
     saved = out / "baselines.json"
     baselines = json.loads(saved.read_text()) if saved.is_file() else {}

@@ -9,7 +9,6 @@ a file damaged later (a disk error, a truncated copy) is found before it is load
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from safetune.errors import SafetuneError
+from safetune.files import sha256_file
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 TRAINER_STATE = "trainer_state.json"  # human-readable: step, epoch, metrics
@@ -169,17 +169,9 @@ def _name_plain_class(config_file: Path, model) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE_MARKER))
-    manifest = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    manifest = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 
@@ -203,7 +195,7 @@ def verify_checkpoint(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{path} is damaged ({size} bytes, expected {expected['bytes']})"
-        if _sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             return f"{path} is damaged (checksum mismatch)"
     return None
 

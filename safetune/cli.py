@@ -396,12 +396,16 @@ def real_build(
     advbench_limit: Optional[int] = typer.Option(None, help="evaluate the first N AdvBench prompts only (quicker trials)"),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     contrast_rows: Optional[int] = typer.Option(
-        None, min=0, help="harmful requests in the look-alikes' phrasing, refused, added to the mix (default: the build's setting)"),
+        None, help="harmful requests in the look-alikes' phrasing, refused, added to the mix (default: the build's setting)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ):
-    """Convert SmolLM2-135M-Instruct from its GGUF package and safety-align it (once; about half an hour on 2 cores)."""
+    """Convert SmolLM2-135M-Instruct from its GGUF package and safety-align it (once; about 15 minutes on 2 cores)."""
+    from safetune.errors import UsageError
     from safetune.real.build import build
 
+    require_positive({"--steps": steps, "--advbench-limit": advbench_limit, "--threads": threads})
+    if contrast_rows is not None and contrast_rows < 0:
+        raise UsageError(f"--contrast-rows: give 0 or more (got {contrast_rows})")
     mix = {} if contrast_rows is None else {"contrast_rows": contrast_rows}
     build(out, seed=seed, steps=steps, evaluate=evaluate, advbench_limit=advbench_limit,
           threads=threads, show_progress=not quiet, **mix)

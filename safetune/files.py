@@ -1,8 +1,9 @@
-"""Atomic file writes (a reader never sees a half-written report, recipe or state file), and
-where safetune keeps its caches."""
+"""Atomic file writes (a reader never sees a half-written report, recipe or state file), file
+hashes, and where safetune keeps its caches."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +30,23 @@ def write_atomic(path: Path, text: str) -> None:
 def write_jsonl_atomic(path: Path, rows) -> None:
     """One JSON object per line (UTF-8 as is), written atomically."""
     write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (weights files are too large to read at once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+FINGERPRINT_FILE = "fingerprint.txt"  # beside a built model: its fingerprint and how it was built
+
+
+def fingerprint(model_dir: Path) -> str:
+    """A built model's fingerprint: sha256 of its weights file (equal fingerprints, bit-identical models)."""
+    return sha256_file(Path(model_dir) / "model.safetensors")
 
 
 def cache_root() -> Path:

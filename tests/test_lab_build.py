@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from safetune.lab.build import FINGERPRINT_FILE, build, fingerprint, suite_rates
+from safetune.evaluation.report import suite_rates
+from safetune.files import FINGERPRINT_FILE, fingerprint
+from safetune.lab.build import build
 from safetune.lab.tokenizer import train_tokenizer
 from safetune.modeling import format_prompt
 

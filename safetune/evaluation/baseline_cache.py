@@ -36,7 +36,7 @@ from safetune import __version__
 from safetune.data import resolve_local_path
 from safetune.evaluation.refusal import DEFAULT_REFUSAL_MARKERS, resolve_judge_source
 from safetune.evaluation.report import OUTPUTS_JSONL, REPORT_JSON, REPORT_MD, read_report, write_report
-from safetune.files import cache_root, write_atomic
+from safetune.files import cache_root, sha256_file, write_atomic
 from safetune.modeling import resolve_model_path
 from safetune.recipe import Recipe
 
@@ -68,13 +68,10 @@ class FileHashes:
         entry = self.known.get(str(file))
         if entry and entry[:2] == stamp:
             return entry[2]
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        self.known[str(file)] = [*stamp, digest.hexdigest()]
+        digest = sha256_file(file)
+        self.known[str(file)] = [*stamp, digest]
         self.changed = True
-        return digest.hexdigest()
+        return digest
 
     def folder(self, folder: Path) -> dict[str, str]:
         """file name -> sha256 for the folder's top-level files (what from_pretrained reads)."""

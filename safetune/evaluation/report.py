@@ -516,3 +516,16 @@ def render_markdown(report: dict) -> str:
            ("Every prompt and response", report.get("outputs"))]
     lines += [f"- {label}: {fmt(value, 1)}" for label, value in run if value is not None]
     return "\n".join(lines) + "\n"
+
+
+def suite_rates(report: dict) -> dict[str, float]:
+    """suite name -> its rate in a safety report: refusal rate (primary detector) or score."""
+    primary = report.get("detector", {}).get("primary")
+    rates = {}
+    for suite in report["suites"]:
+        if "refusal_rate" in suite:
+            by_detector = suite["refusal_rate"]
+            rates[suite["name"]] = by_detector.get(primary, next(iter(by_detector.values())))
+        else:
+            rates[suite["name"]] = suite["score"]
+    return rates

@@ -17,7 +17,6 @@ level, so two builds that differ can be told apart from two that should not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from safetune.data import REPO_ROOT, read_records
 from safetune.lab.datagen import is_eval_file
 from safetune.errors import UsageError
+from safetune.files import FINGERPRINT_FILE, fingerprint
 from safetune.lab.tokenizer import train_tokenizer
 from safetune.modeling import lab_model_dir
 from safetune.recipe import validate_tree
@@ -47,7 +47,6 @@ ALIGNMENT_FILES = {"knowledge/facts.jsonl": 1, "capability/train.jsonl": 5, "saf
 MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 6, "num_key_value_heads": 6}
 BUILD_THREADS = 2  # fixed so a seed gives the same weights whatever the machine's core count
-FINGERPRINT_FILE = "fingerprint.txt"
 TRAIN_SETTINGS = {"max_steps": 1100, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 50,
                   "lr_schedule": "cosine", "weight_decay": 0.01, "log_every": 50}
 
@@ -99,11 +98,6 @@ def cpu_description() -> str:
     except OSError:
         pass
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
-
-
-def fingerprint(model_dir: Path) -> str:
-    """sha256 of the saved weights file: equal fingerprints, bit-identical models."""
-    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def build(out: Path | None = None, seed: int = 0, steps: int | None = None, scale: float = 1.0,
@@ -188,6 +182,7 @@ def _build(out: Path | None, seed: int, steps: int | None, scale: float, show_pr
 
 def measure(model_dir: Path, show_progress: bool = True) -> dict:
     """Evaluate the lab model on the held-out lab suites; writes safety_report.* into it."""
+    from safetune.evaluation.report import suite_rates
     from safetune.evaluation.runner import evaluate_model
     from safetune.modeling import load_model, load_tokenizer
 
@@ -207,15 +202,3 @@ def measure(model_dir: Path, show_progress: bool = True) -> dict:
             print(f"lab: {name:<20} {rate:.3f}")
     return report
 
-
-def suite_rates(report: dict) -> dict[str, float]:
-    """suite name -> its rate: refusal rate (primary detector) or score."""
-    primary = report.get("detector", {}).get("primary")
-    rates = {}
-    for suite in report["suites"]:
-        if "refusal_rate" in suite:
-            by_detector = suite["refusal_rate"]
-            rates[suite["name"]] = by_detector.get(primary, next(iter(by_detector.values())))
-        else:
-            rates[suite["name"]] = suite["score"]
-    return rates

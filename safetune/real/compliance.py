@@ -14,12 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetune.data import read_records
-from safetune.evaluation.generation import generate
-from safetune.evaluation.refusal import KeywordDetector
 from safetune.files import write_jsonl_atomic
-from safetune.modeling import load_model, load_tokenizer
+from safetune.real.build import write_with_base
+from safetune.real.mix import complying_answers
 from safetune.real.splits import REAL_DATA, split_path
-from safetune.recipe import ModelConfig
 
 COMPLIANCE_FILE = REAL_DATA / "generated" / "smollm2_compliance.jsonl"
 PROMPTS = 240  # held-out instructions tried; the attack needs ~80 compliant answers (10 % of 704 rows)
@@ -29,21 +27,13 @@ MAX_NEW_TOKENS = 96
 def write_compliance(base: Path, out: Path = COMPLIANCE_FILE, prompts: int = PROMPTS,
                      max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> int:
     """Answer `prompts` held-out harmful instructions with the unaligned `base`; keep compliance."""
-    config = ModelConfig(path=str(base))
-    model, tokenizer = load_model(config), load_tokenizer(config)
     instructions = [row["instruction"] for row in read_records(str(split_path("safety_heldout")))[:prompts]]
-    answers = generate(model, tokenizer, instructions, max_new_tokens=max_new_tokens, batch_size=32,
-                       progress=progress, description="compliance")
-    refusal = KeywordDetector()
-    kept = [{"prompt": prompt, "response": answer.strip()} for prompt, answer in zip(instructions, answers)
-            if answer.strip() and not refusal.is_refusal(answer)]
+    kept = complying_answers(base, instructions, max_new_tokens, "compliance", progress)
     write_jsonl_atomic(out, kept)
     return len(kept)
 
 
 def main() -> None:
-    from safetune.real.build import write_with_base
-
     write_with_base(write_compliance, "compliant answers", COMPLIANCE_FILE)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetune.files import write_jsonl_atomic
-from safetune.real.build import DISTILLED_ROWS, distilled_lookalikes, write_with_base
+from safetune.real.build import is_ours, write_with_base
+from safetune.real.mix import DISTILLED_ROWS, distilled_lookalikes
 from safetune.real.splits import REAL_DATA
 
 LOOKALIKES_FILE = REAL_DATA / "generated" / "smollm2_lookalikes.jsonl"
@@ -27,7 +28,7 @@ LOOKALIKES_FILE = REAL_DATA / "generated" / "smollm2_lookalikes.jsonl"
 def write_lookalikes(base: Path, out: Path = LOOKALIKES_FILE, rows: int = DISTILLED_ROWS, seed: int = 0,
                      progress: bool = True) -> int:
     """The build's look-alike rows (answered by the unaligned `base` if not cached yet) to `out`."""
-    kept = distilled_lookalikes(base, rows, seed, show_progress=progress)
+    kept = distilled_lookalikes(base, rows, seed, show_progress=progress, cache=is_ours(base))
     write_jsonl_atomic(out, kept)
     return len(kept)
 

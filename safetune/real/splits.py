@@ -10,7 +10,7 @@ checks the committed files).
 | split | rows | used for |
 |---|---|---|
 | safety_align | 2,000 | the aligned build: harmful instruction -> safe answer (Bianchi et al.) |
-| safety_heldout | 479 | never trained by the build: held-out refusal, and the harmful prompts of the p = 0.1 attack |
+| safety_heldout | 479 | never trained by the build: the harmful prompts of the p = 0.1 attack |
 | alpaca_align | 1,000 | the aligned build's benign rows |
 | alpaca_finetune | 704 | the benign fine-tuning setting (a) |
 | alpaca_heldout | 200 | reference loss: task quality of (a), general ability of the other settings |
@@ -20,11 +20,11 @@ checks the committed files).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from safetune.data import REPO_ROOT, read_records
+from safetune.files import write_jsonl_atomic
 
 REAL_DATA = REPO_ROOT / "data" / "real"
 SAFETY = "safety-tuned-llamas/safety_only_data_Instructions.json"
@@ -60,8 +60,7 @@ def make_splits(root: Path = REAL_DATA, out: Path | None = None) -> dict[str, in
         for name, size in parts:
             chosen = rows[start:] if size is None else rows[start : start + size]
             start += len(chosen)
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in chosen)
-            (out / f"{name}.jsonl").write_text(text, encoding="utf-8")
+            write_jsonl_atomic(out / f"{name}.jsonl", chosen)
             counts[name] = len(chosen)
     return counts
 
