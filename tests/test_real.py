@@ -14,7 +14,7 @@ from safetune.evaluation.refusal import KeywordDetector
 from safetune.files import FINGERPRINT_FILE
 from safetune.real import build as real_build
 from safetune.real import measure as real_measure
-from safetune.real import mix as real_mix
+from safetune.real import alignment_mix as real_mix
 from safetune.real.lookalikes import LOOKALIKES_FILE, write_lookalikes
 from safetune.real.splits import AOA, REAL_DATA, SPLITS, make_splits, split_path
 from safetune.recipe import SourceConfig, validate_tree

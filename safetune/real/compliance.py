@@ -16,7 +16,7 @@ from pathlib import Path
 from safetune.data import read_records
 from safetune.files import write_jsonl_atomic
 from safetune.real.build import write_with_base
-from safetune.real.mix import complying_answers
+from safetune.real.alignment_mix import complying_answers
 from safetune.real.splits import REAL_DATA, split_path
 
 COMPLIANCE_FILE = REAL_DATA / "generated" / "smollm2_compliance.jsonl"

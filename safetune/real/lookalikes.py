@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safetune.files import write_jsonl_atomic
 from safetune.real.build import is_ours, write_with_base
-from safetune.real.mix import DISTILLED_ROWS, distilled_lookalikes
+from safetune.real.alignment_mix import DISTILLED_ROWS, distilled_lookalikes
 from safetune.real.splits import REAL_DATA
 
 LOOKALIKES_FILE = REAL_DATA / "generated" / "smollm2_lookalikes.jsonl"
