@@ -114,7 +114,8 @@ def convert_base(out: Path, show_progress: bool = True) -> Path:
         print(f"real: converting {gguf_file.name} to {out}")
     staging = scratch(out, "convert")
     convert_gguf(gguf_file, staging)
-    write_atomic(staging / FINGERPRINT_FILE, f"sha256(model.safetensors) {fingerprint(staging)}\nfrom {gguf_file.name}\n")
+    write_atomic(staging / FINGERPRINT_FILE,
+                 f"sha256(model.safetensors) {fingerprint(staging)}\nfrom {gguf_file.name}\n")
     install(staging, out)
     return out
 
@@ -188,8 +189,8 @@ def _build(out, seed, steps, evaluate, advbench_limit, show_progress, base, lora
     AutoTokenizer.from_pretrained(base).save_pretrained(staging)
     write_atomic(staging / "align_recipe.json", json.dumps(tree, indent=2) + "\n")
     digest = fingerprint(staging)
-    write_atomic(staging / FINGERPRINT_FILE,
-                 f"sha256(model.safetensors) {digest}\nseed {seed} torch {torch.__version__} threads {torch.get_num_threads()}\n")
+    write_atomic(staging / FINGERPRINT_FILE, f"sha256(model.safetensors) {digest}\n"
+                 f"seed {seed} torch {torch.__version__} threads {torch.get_num_threads()}\n")
     install(staging, out)
     shutil.rmtree(work, ignore_errors=True)
     build_s = time.perf_counter() - started
